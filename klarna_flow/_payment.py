@@ -1,0 +1,400 @@
+"""The ``Payment`` aggregate and its events: pure domain, no I/O.
+
+Commands are verbs (``complete``, ``request_authorization``...) that ask the
+lifecycle table whether they are allowed, then record one past-tense event.
+Events only assign what they say happened: replaying them never checks a
+guard, so a payment authorized a year ago still rebuilds as ``AUTHORIZED``.
+
+Every event carries ``cause``: ``command:<name>`` or ``notification:<event_id>``,
+which the audit trail shows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from klarna_flow._lifecycle import (
+    AUTHORIZATION_WINDOW,
+    Facts,
+    Flow,
+    PaymentState,
+    decide,
+)
+from klarna_flow._sealed import SealedSecret
+
+__all__ = ["EVENT_STATES", "Payment"]
+
+
+class Payment(Aggregate):
+    """One Klarna payment and everything that happened to it.
+
+    Attributes:
+        state: the current :class:`PaymentState`.
+        flow: the :class:`Flow` fixed at creation.
+        amount: minor units.
+        currency: ISO 4217 code.
+        reference: the partner's payment transaction reference.
+        partner_account_id: the Klarna partner account.
+        payment_request_id: Klarna's payment request id, when known.
+        completed_at: when the customer completed the purchase.
+        authorization_attempts: how many authorizations were requested.
+        idempotency_key: the key of the current (or last) authorization.
+        payment_transaction_id: Klarna's transaction id once authorized.
+    """
+
+    class PaymentCreated(Aggregate.Created):
+        flow: str
+        amount: int
+        currency: str
+        reference: str
+        partner_account_id: str
+        payment_request_id: str | None
+        request_expires_at: datetime
+        cause: str
+
+    class Event(Aggregate.Event):
+        cause: str
+
+    class PurchaseCompleted(Event):
+        completed_at: datetime
+        session_token: SealedSecret | None
+        customer_token: SealedSecret | None
+        payment_request_id: str | None
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.COMPLETED
+            payment.completed_at = self.completed_at
+            payment.session_token = self.session_token
+            payment.customer_token = self.customer_token
+            if self.payment_request_id is not None:
+                payment.payment_request_id = self.payment_request_id
+
+    class PaymentRequestIdentified(Event):
+        payment_request_id: str
+
+        def apply(self, payment: Payment) -> None:
+            payment.payment_request_id = self.payment_request_id
+
+    class AuthorizationRequested(Event):
+        idempotency_key: str
+        attempt: int
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.AUTHORIZING
+            payment.idempotency_key = self.idempotency_key
+            payment.authorization_attempts = self.attempt
+
+    class AuthorizationApproved(Event):
+        payment_transaction_id: str
+        correlation_id: str | None
+        transaction_expires_at: datetime | None
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.AUTHORIZED
+            payment.payment_transaction_id = self.payment_transaction_id
+            payment.correlation_id = self.correlation_id
+
+    class AuthorizationDeclined(Event):
+        correlation_id: str | None
+        reason: str | None
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.DECLINED
+            payment.correlation_id = self.correlation_id
+            payment.decline_reason = self.reason
+
+    class StepUpRequired(Event):
+        correlation_id: str | None
+        payment_request_id: str | None
+        payment_request_url: str | None
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.CREATED
+            payment.correlation_id = self.correlation_id
+            payment.session_token = None
+            payment.completed_at = None
+            if self.payment_request_id is not None:
+                payment.payment_request_id = self.payment_request_id
+            payment.step_up_url = self.payment_request_url
+
+    class AuthorizationFailed(Event):
+        correlation_id: str | None
+        error: str
+        status_code: int | None
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.COMPLETED
+            payment.correlation_id = self.correlation_id
+            payment.last_error = self.error
+
+    class PaymentExpired(Event):
+        reason: str
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.EXPIRED
+            payment.expiry_reason = self.reason
+
+    class PaymentCanceled(Event):
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.CANCELED
+
+    def __init__(
+        self,
+        flow: str,
+        amount: int,
+        currency: str,
+        reference: str,
+        partner_account_id: str,
+        payment_request_id: str | None,
+        request_expires_at: datetime,
+        cause: str,
+    ) -> None:
+        del cause  # kept in the event for the audit trail
+        self.state = PaymentState.CREATED
+        self.flow = Flow(flow)
+        self.amount = amount
+        self.currency = currency
+        self.reference = reference
+        self.partner_account_id = partner_account_id
+        self.payment_request_id = payment_request_id
+        self.request_expires_at = request_expires_at
+        self.completed_at: datetime | None = None
+        self.session_token: SealedSecret | None = None
+        self.customer_token: SealedSecret | None = None
+        self.idempotency_key: str | None = None
+        self.authorization_attempts = 0
+        self.payment_transaction_id: str | None = None
+        self.correlation_id: str | None = None
+        self.decline_reason: str | None = None
+        self.step_up_url: str | None = None
+        self.last_error: str | None = None
+        self.expiry_reason: str | None = None
+
+    # -- creation ---------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        payment_id: UUID,
+        flow: Flow,
+        amount: int,
+        currency: str,
+        reference: str,
+        partner_account_id: str,
+        payment_request_id: str | None,
+        request_lifetime: timedelta,
+        now: datetime,
+        cause: str = "command:create",
+    ) -> Payment:
+        """Record ``PaymentCreated``; inputs are checked by the application."""
+        return cls._create(
+            cls.PaymentCreated,
+            id=payment_id,
+            timestamp=now,
+            flow=flow.value,
+            amount=amount,
+            currency=currency,
+            reference=reference,
+            partner_account_id=partner_account_id,
+            payment_request_id=payment_request_id,
+            request_expires_at=now + request_lifetime,
+            cause=cause,
+        )
+
+    # -- derived ----------------------------------------------------------
+
+    @property
+    def authorize_by(self) -> datetime | None:
+        """End of the 60-minute window, for completed authorization flows."""
+        if self.completed_at is None or not self.flow.authorizes:
+            return None
+        return self.completed_at + AUTHORIZATION_WINDOW
+
+    @property
+    def deadline(self) -> datetime | None:
+        """When :meth:`expire` becomes allowed, or None if it never will."""
+        if self.state is PaymentState.CREATED:
+            return self.request_expires_at
+        if self.state is PaymentState.COMPLETED:
+            return self.authorize_by
+        return None
+
+    def facts(self, now: datetime, *, reported_by_klarna: bool = False) -> Facts:
+        """What the lifecycle guards see for a command decided at ``now``."""
+        return Facts(
+            flow=self.flow,
+            state=self.state,
+            now=now,
+            completed_at=self.completed_at,
+            request_expires_at=self.request_expires_at,
+            has_session_token=self.session_token is not None,
+            has_customer_token=self.customer_token is not None,
+            reported_by_klarna=reported_by_klarna,
+        )
+
+    # -- commands -----------------------------------------------------------
+
+    def complete(
+        self,
+        *,
+        session_token: SealedSecret | None,
+        customer_token: SealedSecret | None,
+        completed_at: datetime,
+        now: datetime,
+        payment_request_id: str | None = None,
+        cause: str = "command:complete",
+    ) -> None:
+        """Record ``PurchaseCompleted`` (tokens must fit the flow)."""
+        facts = Facts(
+            flow=self.flow,
+            state=self.state,
+            now=now,
+            has_session_token=session_token is not None,
+            has_customer_token=customer_token is not None,
+        )
+        decide("complete", facts, payment_id=self.id)
+        self._record(
+            self.PurchaseCompleted,
+            now,
+            cause,
+            completed_at=completed_at,
+            session_token=session_token,
+            customer_token=customer_token,
+            payment_request_id=payment_request_id,
+        )
+
+    def identify_payment_request(
+        self, payment_request_id: str, *, now: datetime, cause: str
+    ) -> None:
+        """Record Klarna's payment request id, learned after creation."""
+        if payment_request_id != self.payment_request_id:
+            self._record(
+                self.PaymentRequestIdentified,
+                now,
+                cause,
+                payment_request_id=payment_request_id,
+            )
+
+    def request_authorization(
+        self, *, idempotency_key: str, now: datetime, cause: str = "command:authorize"
+    ) -> None:
+        """Record ``AuthorizationRequested``: the key is fixed before any call."""
+        decide("request_authorization", self.facts(now), payment_id=self.id)
+        self._record(
+            self.AuthorizationRequested,
+            now,
+            cause,
+            idempotency_key=idempotency_key,
+            attempt=self.authorization_attempts + 1,
+        )
+
+    def approve(
+        self,
+        *,
+        payment_transaction_id: str,
+        correlation_id: str | None,
+        transaction_expires_at: datetime | None,
+        now: datetime,
+        cause: str,
+    ) -> None:
+        decide("approve", self.facts(now), payment_id=self.id)
+        self._record(
+            self.AuthorizationApproved,
+            now,
+            cause,
+            payment_transaction_id=payment_transaction_id,
+            correlation_id=correlation_id,
+            transaction_expires_at=transaction_expires_at,
+        )
+
+    def decline(
+        self, *, correlation_id: str | None, reason: str | None, now: datetime, cause: str
+    ) -> None:
+        decide("decline", self.facts(now), payment_id=self.id)
+        self._record(
+            self.AuthorizationDeclined,
+            now,
+            cause,
+            correlation_id=correlation_id,
+            reason=reason,
+        )
+
+    def require_step_up(
+        self,
+        *,
+        correlation_id: str | None,
+        payment_request_id: str | None,
+        payment_request_url: str | None,
+        now: datetime,
+        cause: str,
+    ) -> None:
+        decide("require_step_up", self.facts(now), payment_id=self.id)
+        self._record(
+            self.StepUpRequired,
+            now,
+            cause,
+            correlation_id=correlation_id,
+            payment_request_id=payment_request_id,
+            payment_request_url=payment_request_url,
+        )
+
+    def fail(
+        self,
+        *,
+        error: str,
+        status_code: int | None,
+        correlation_id: str | None,
+        now: datetime,
+        cause: str,
+    ) -> None:
+        decide("fail", self.facts(now), payment_id=self.id)
+        self._record(
+            self.AuthorizationFailed,
+            now,
+            cause,
+            error=error,
+            status_code=status_code,
+            correlation_id=correlation_id,
+        )
+
+    def expire(
+        self,
+        *,
+        now: datetime,
+        reason: str,
+        reported_by_klarna: bool = False,
+        cause: str = "command:expire",
+    ) -> None:
+        """Record ``PaymentExpired`` once the payment's time has run out."""
+        facts = self.facts(now, reported_by_klarna=reported_by_klarna)
+        decide("expire", facts, payment_id=self.id)
+        self._record(self.PaymentExpired, now, cause, reason=reason)
+
+    def cancel(self, *, now: datetime, cause: str = "command:cancel") -> None:
+        decide("cancel", self.facts(now), payment_id=self.id)
+        self._record(self.PaymentCanceled, now, cause)
+
+    def _record(
+        self, event_class: type[Payment.Event], now: datetime, cause: str, **kw: Any
+    ) -> None:
+        self.trigger_event(event_class, timestamp=now, cause=cause, **kw)
+
+
+EVENT_STATES: dict[str, PaymentState | None] = {
+    "PaymentCreated": PaymentState.CREATED,
+    "PurchaseCompleted": PaymentState.COMPLETED,
+    "PaymentRequestIdentified": None,
+    "AuthorizationRequested": PaymentState.AUTHORIZING,
+    "AuthorizationApproved": PaymentState.AUTHORIZED,
+    "AuthorizationDeclined": PaymentState.DECLINED,
+    "StepUpRequired": PaymentState.CREATED,
+    "AuthorizationFailed": PaymentState.COMPLETED,
+    "PaymentExpired": PaymentState.EXPIRED,
+    "PaymentCanceled": PaymentState.CANCELED,
+}
+"""The state each event leaves a payment in (None: the state is unchanged)."""
