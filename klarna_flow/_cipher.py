@@ -123,7 +123,9 @@ class TokenCipher:
         nonce = os.urandom(12)
         ct = self._keys[self._current].encrypt(nonce, plaintext.encode(), aad)
         return SealedSecret(
-            self._current, base64.b64encode(nonce).decode(), base64.b64encode(ct).decode()
+            self._current,
+            base64.b64encode(nonce).decode(),
+            base64.b64encode(ct).decode(),
         )
 
     def open(self, sealed: SealedSecret, *, aad: bytes) -> str:

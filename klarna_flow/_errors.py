@@ -3,11 +3,11 @@
 ::
 
     KlarnaFlowError
-    ├── InvalidInput (ValueError)                 bad argument, refused before anything is recorded
+    ├── InvalidInput (ValueError)                 bad argument, refused before recording
     │   └── NaiveDatetime                          a datetime without a UTC offset
-    ├── ConfigurationError                         the application or client cannot start as configured
+    ├── ConfigurationError                         cannot start as configured
     ├── PaymentNotFound (LookupError)              no payment with that id
-    ├── CommandRefused                             the lifecycle refuses the command; nothing recorded
+    ├── CommandRefused                             the lifecycle refuses; nothing recorded
     │   ├── InvalidTransition                      the payment's state does not allow the command
     │   ├── WrongFlow                              e.g. authorizing a pure tokenization payment
     │   ├── MissingToken                           the tokens given do not fit the payment's flow

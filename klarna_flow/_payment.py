@@ -142,7 +142,7 @@ class Payment(Aggregate):
         def apply(self, payment: Payment) -> None:
             payment.state = PaymentState.CANCELED
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  (eventsourcing passes event fields by name)
         self,
         flow: str,
         amount: int,
@@ -313,7 +313,12 @@ class Payment(Aggregate):
         )
 
     def decline(
-        self, *, correlation_id: str | None, reason: str | None, now: datetime, cause: str
+        self,
+        *,
+        correlation_id: str | None,
+        reason: str | None,
+        now: datetime,
+        cause: str,
     ) -> None:
         decide("decline", self.facts(now), payment_id=self.id)
         self._record(
