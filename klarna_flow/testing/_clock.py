@@ -43,7 +43,7 @@ class ManualClock:
         instant = check_aware(instant, "instant")
         with self._lock:
             if instant < self._now:
-                    raise InvalidInput("instant", "a ManualClock never goes backwards")
+                raise InvalidInput("instant", "a ManualClock never goes backwards")
             self._now = instant
 
     def __repr__(self) -> str:
