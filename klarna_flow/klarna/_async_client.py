@@ -1,0 +1,82 @@
+"""The asynchronous Klarna Payment Authorize client."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+import httpx
+
+from klarna_flow._errors import KlarnaError
+from klarna_flow.klarna._base import ClientBase
+from klarna_flow.klarna._exchange import AuthorizeCall, failed, prepare, received
+from klarna_flow.klarna._retry import Attempts
+from klarna_flow.klarna._wire import AuthorizationResponse
+
+__all__ = ["AsyncKlarnaClient"]
+
+
+class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
+    """The asyncio twin of :class:`KlarnaClient`: same arguments, same rules.
+
+    ``transport`` is an :class:`httpx.AsyncBaseTransport` and ``http_client``
+    an :class:`httpx.AsyncClient`; close with ``await client.aclose()`` or
+    ``async with``.
+    """
+
+    _http_class = httpx.AsyncClient
+
+    async def authorize(
+        self,
+        *,
+        partner_account_id: str,
+        session_token: str,
+        currency: str,
+        amount: int,
+        reference: str,
+        idempotency_key: str,
+        correlation_id: str | None = None,
+    ) -> AuthorizationResponse:
+        """Authorize a completed payment request; see :meth:`KlarnaClient.authorize`."""
+        self._check_open()
+        call = prepare(
+            self._http,
+            self._endpoint,
+            self._timeout,
+            partner_account_id=partner_account_id,
+            session_token=session_token,
+            currency=currency,
+            amount=amount,
+            reference=reference,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+        )
+        attempts = Attempts(self._retry)
+        while True:
+            attempts.begin()
+            try:
+                return await self._attempt(call, attempts)
+            except (KlarnaError, httpx.HTTPError) as exc:
+                error, delay = failed(call, attempts, exc)
+                if delay is None:
+                    raise error from exc
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, call: AuthorizeCall, attempts: Attempts) -> AuthorizationResponse:
+        return received(call, attempts, await self._http.send(call.request))
+
+    async def aclose(self) -> None:
+        """Close the httpx client if this object opened it."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncKlarnaClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
