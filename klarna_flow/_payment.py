@@ -59,6 +59,12 @@ class Payment(Aggregate):
     class Event(Aggregate.Event):
         cause: str
 
+        def mutate(self, aggregate: Any) -> Any:
+            payment = super().mutate(aggregate)
+            if self.cause.startswith("notification:"):
+                payment.notification_ids = payment.notification_ids | {self.cause[13:]}
+            return payment
+
     class PurchaseCompleted(Event):
         completed_at: datetime
         session_token: SealedSecret | None
@@ -111,9 +117,11 @@ class Payment(Aggregate):
         correlation_id: str | None
         payment_request_id: str | None
         payment_request_url: str | None
+        request_expires_at: datetime
 
         def apply(self, payment: Payment) -> None:
             payment.state = PaymentState.CREATED
+            payment.request_expires_at = self.request_expires_at
             payment.correlation_id = self.correlation_id
             payment.session_token = None
             payment.completed_at = None
@@ -173,6 +181,7 @@ class Payment(Aggregate):
         self.step_up_url: str | None = None
         self.last_error: str | None = None
         self.expiry_reason: str | None = None
+        self.notification_ids: frozenset[str] = frozenset()
 
     # -- creation ---------------------------------------------------------
 
@@ -335,9 +344,11 @@ class Payment(Aggregate):
         correlation_id: str | None,
         payment_request_id: str | None,
         payment_request_url: str | None,
+        request_lifetime: timedelta,
         now: datetime,
         cause: str,
     ) -> None:
+        """Record ``StepUpRequired``: back to ``CREATED`` with a new payment request."""
         decide("require_step_up", self.facts(now), payment_id=self.id)
         self._record(
             self.StepUpRequired,
@@ -346,6 +357,7 @@ class Payment(Aggregate):
             correlation_id=correlation_id,
             payment_request_id=payment_request_id,
             payment_request_url=payment_request_url,
+            request_expires_at=now + request_lifetime,
         )
 
     def fail(
