@@ -1,0 +1,102 @@
+"""The public surface, pinned: adding or removing a name is a deliberate change.
+
+Modelled on httpx's ``tests/test_exported_members.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+import klarna_flow
+import klarna_flow.testing
+
+EXPORTED = [
+    "AuthorizationInProgress",
+    "AuthorizationWindowElapsed",
+    "Clock",
+    "CommandRefused",
+    "ConcurrentModification",
+    "ConfigurationError",
+    "Flow",
+    "InvalidInput",
+    "InvalidSignature",
+    "InvalidTransition",
+    "KlarnaAPIError",
+    "KlarnaAuthenticationError",
+    "KlarnaConflict",
+    "KlarnaError",
+    "KlarnaFlowError",
+    "KlarnaNotFound",
+    "KlarnaRateLimited",
+    "KlarnaServerError",
+    "KlarnaTimeout",
+    "KlarnaTransportError",
+    "KlarnaUnexpectedResponse",
+    "KlarnaValidationError",
+    "MalformedNotification",
+    "MissingToken",
+    "NaiveDatetime",
+    "NotYetExpired",
+    "NotificationRejected",
+    "Payment",
+    "PaymentNotFound",
+    "PaymentState",
+    "Payments",
+    "ReferenceConflict",
+    "SealedSecret",
+    "StorageError",
+    "SystemClock",
+    "TokenCipher",
+    "WrongFlow",
+    "__version__",
+    "diagram",
+    "generate_key",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert klarna_flow.__all__ == EXPORTED
+
+
+def test_all_is_sorted() -> None:
+    assert klarna_flow.__all__ == sorted(klarna_flow.__all__)
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_exported_name_is_importable(name: str) -> None:
+    module = importlib.import_module("klarna_flow")
+    assert getattr(module, name) is not None
+
+
+def test_public_classes_and_functions_come_from_this_package() -> None:
+    for name in klarna_flow.__all__:
+        member = getattr(klarna_flow, name)
+        if inspect.isclass(member) or inspect.isfunction(member):
+            assert member.__module__.startswith("klarna_flow."), name
+
+
+def test_every_exported_exception_shares_one_root() -> None:
+    errors = [
+        getattr(klarna_flow, n)
+        for n in EXPORTED
+        if inspect.isclass(getattr(klarna_flow, n))
+        and issubclass(getattr(klarna_flow, n), BaseException)
+    ]
+    assert len(errors) > 20
+    for error in errors:
+        assert issubclass(error, klarna_flow.KlarnaFlowError), error
+
+
+def test_testing_exports_the_manual_clock() -> None:
+    assert "ManualClock" in klarna_flow.testing.__all__
+    assert klarna_flow.testing.__all__ == sorted(klarna_flow.testing.__all__)
+    for name in klarna_flow.testing.__all__:
+        assert getattr(klarna_flow.testing, name) is not None
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(klarna_flow.__version__, str)
+    assert klarna_flow.__version__
