@@ -104,3 +104,21 @@ def payments(make_payments: MakePayments) -> Payments:
 ACCOUNT = "krn:partner:global:account:test-partner"
 SESSION_TOKEN = "krn:payment:eu1:klarna-network-session-token:3f0c1c9e-test"
 CUSTOMER_TOKEN = "krn:payment:eu1:customer-token:77d0-test"
+
+
+@pytest.fixture
+def account() -> str:
+    """The partner account the ``payments`` fixture creates payments under."""
+    return ACCOUNT
+
+
+@pytest.fixture
+def session_token() -> str:
+    """A session token of the right shape (a secret: never in an error or repr)."""
+    return SESSION_TOKEN
+
+
+@pytest.fixture
+def customer_token() -> str:
+    """A customer token of the right shape (a secret: never in an error or repr)."""
+    return CUSTOMER_TOKEN
