@@ -172,8 +172,7 @@ def failed(
     status = getattr(error, "status_code", None) or type(error).__name__
     what = f"{status} {getattr(error, 'error_code', None) or ''}".rstrip()
     what += f", retrying in {delay:.3f}s" if delay is not None else ", giving up"
-    level = logging.WARNING if delay is not None else logging.ERROR
-    _log(level, call, attempts, what, error.correlation_id)
+    _log(logging.WARNING, call, attempts, what, error.correlation_id)
     return error, delay
 
 

@@ -8,5 +8,21 @@ process::
 """
 
 from klarna_flow.testing._clock import ManualClock
+from klarna_flow.testing._fake import FakeKlarna
+from klarna_flow.testing._fake_records import (
+    CompletedRequest,
+    RecordedTransaction,
+    SignedNotification,
+)
+from klarna_flow.testing._server import FakeKlarnaServer, run_fake_server, serve_fake
 
-__all__ = ["ManualClock"]
+__all__ = [
+    "CompletedRequest",
+    "FakeKlarna",
+    "FakeKlarnaServer",
+    "ManualClock",
+    "RecordedTransaction",
+    "SignedNotification",
+    "run_fake_server",
+    "serve_fake",
+]

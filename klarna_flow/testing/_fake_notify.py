@@ -1,0 +1,83 @@
+"""Signed notifications (webhooks) in Klarna's envelope, as FakeKlarna sends them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from klarna_flow._errors import InvalidInput
+from klarna_flow._validation import check_aware
+from klarna_flow.testing._fake_records import SignedNotification
+
+__all__ = ["DEFAULT_KEY_ID", "Signer", "iso_millis"]
+
+DEFAULT_KEY_ID = "fake-key-1"
+
+
+def iso_millis(instant: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and ``Z``, as Klarna writes times."""
+    text = instant.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+class Signer:
+    """Signs bodies with HMAC-SHA256 and wraps payloads in the v2 envelope.
+
+    Args:
+        signing_keys: key id -> secret bytes; one random key when None.
+    """
+
+    def __init__(self, signing_keys: Mapping[str, bytes] | None = None) -> None:
+        keys = dict(signing_keys) if signing_keys is not None else {}
+        if not keys:
+            keys = {DEFAULT_KEY_ID: secrets.token_bytes(32)}
+        for key_id, key in keys.items():
+            if not isinstance(key_id, str) or not isinstance(key, bytes) or not key:
+                raise InvalidInput("signing_keys", "must map str key ids to non-empty bytes")
+        self.signing_keys = keys
+        self.default_key_id = next(iter(keys))
+
+    def sign(self, body: bytes, key_id: str | None = None) -> dict[str, str]:
+        """The signature headers for ``body`` (``Klarna-Signature`` is hex)."""
+        key_id = key_id or self.default_key_id
+        if key_id not in self.signing_keys:
+            raise InvalidInput("key_id", f"unknown signing key {key_id!r}")
+        signature = hmac.new(self.signing_keys[key_id], body, hashlib.sha256)
+        return {
+            "Content-Type": "application/json",
+            "Klarna-Signature": signature.hexdigest(),
+            "Klarna-Signing-Key-Id": key_id,
+        }
+
+    def notification(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        account: str,
+        occurred_at: datetime,
+        event_id: str | None = None,
+        key_id: str | None = None,
+    ) -> SignedNotification:
+        """A signed notification of ``event_type`` carrying ``payload``."""
+        metadata = {
+            "event_type": event_type,
+            "event_id": event_id or str(uuid.uuid4()),
+            "event_version": "v2",
+            "occurred_at": iso_millis(check_aware(occurred_at, "occurred_at")),
+            "correlation_id": str(uuid.uuid4()),
+            "subject_account_id": account,
+            "recipient_account_id": account,
+            "product_instance_id": "krn:partner:global:product-instance:fake-klarna",
+            "webhook_id": "krn:partner:global:notification:webhook:fake-klarna",
+            "live": False,
+        }
+        envelope = {"metadata": metadata, "payload": dict(payload)}
+        body = json.dumps(envelope, separators=(",", ":")).encode()
+        return SignedNotification(body=body, headers=self.sign(body, key_id))
