@@ -9,9 +9,10 @@ and save; eventsourcing's errors are translated at this boundary.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,19 +31,32 @@ from eventsourcing.persistence import (
 from eventsourcing.popo import POPOFactory
 from eventsourcing.utils import EnvType, strtobool
 
+from klarna_flow._authorization import (
+    AuthorizationOutcome,
+    Intent,
+    outcome_of,
+    record_intent,
+    record_outcome,
+    resume_intent,
+)
 from klarna_flow._chain import ChainedMapper, genesis
 from klarna_flow._cipher import TokenCipher
 from klarna_flow._clock import Clock, SystemClock
 from klarna_flow._errors import (
+    CommandRefused,
     ConcurrentModification,
     ConfigurationError,
     InvalidInput,
+    KlarnaError,
     PaymentNotFound,
     ReferenceConflict,
     StorageError,
 )
 from klarna_flow._lifecycle import DEFAULT_REQUEST_LIFETIME, Flow, PaymentState
+from klarna_flow._notifications import NotificationHandler
 from klarna_flow._payment import Payment
+from klarna_flow._projections import PaymentIndex, Progress
+from klarna_flow._read_models import IndexRow, MemoryIndex, ReadModelStore, SQLIndex
 from klarna_flow._sealed import SealedSecret
 from klarna_flow._stores import postgres_env
 from klarna_flow._validation import (
@@ -54,6 +68,8 @@ from klarna_flow._validation import (
     check_reference,
     check_secret_krn,
 )
+from klarna_flow._webhooks import NotificationResult
+from klarna_flow.klarna import AsyncKlarnaClient, AuthorizationResponse, KlarnaClient
 
 __all__ = ["ALLOW_PLAINTEXT_ENV", "Payments"]
 
@@ -93,6 +109,9 @@ class Payments(Application[UUID]):
             key (local development only; also ``KLARNA_FLOW_ALLOW_PLAINTEXT=1``).
         request_lifetime: how long a payment request lives (Klarna's default
             is 3 hours).
+        klarna: the :class:`KlarnaClient` ``authorize`` and ``reconcile`` use.
+        async_klarna: the :class:`AsyncKlarnaClient` of the ``*_async`` methods.
+        signing_keys: notification signing keys by ``Klarna-Signing-Key-Id``.
 
     Raises:
         ConfigurationError: a durable store without a cipher key (and no
@@ -111,7 +130,9 @@ class Payments(Application[UUID]):
         cipher: TokenCipher | None = None,
         allow_plaintext: bool | None = None,
         request_lifetime: timedelta = DEFAULT_REQUEST_LIFETIME,
-        **extensions: Any,
+        klarna: KlarnaClient | None = None,
+        async_klarna: AsyncKlarnaClient | None = None,
+        signing_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
         if not callable(getattr(self.clock, "now", None)):
@@ -127,12 +148,11 @@ class Payments(Application[UUID]):
         except (EventSourcingError, OSError, ImportError, ValueError) as e:
             raise StorageError(f"cannot open the event store: {e}") from e
         self.cipher = self._construct_cipher(cipher, allow_plaintext)
-        self._init_extensions(**extensions)
-
-    def _init_extensions(self, **extensions: Any) -> None:
-        if extensions:
-            names = ", ".join(sorted(extensions))
-            raise InvalidInput(names, "unexpected argument")
+        self.klarna = klarna
+        self.async_klarna = async_klarna
+        self.notifications = NotificationHandler(self, signing_keys or {})
+        with _storage_errors():
+            self.index = PaymentIndex(self.recorder, self._construct_read_model_store())
 
     # -- construction ---------------------------------------------------------
 
@@ -158,11 +178,25 @@ class Payments(Application[UUID]):
             return cls.postgres(text, **kwargs)
         return cls.sqlite(text, **kwargs)
 
+    def _construct_read_model_store(self) -> ReadModelStore:
+        datastore = getattr(self.factory, "datastore", None)
+        if datastore is None:
+            return MemoryIndex()
+        schema = getattr(datastore, "schema", None)
+        if schema is not None:  # PostgreSQL
+            return SQLIndex(datastore, prefix=f"{schema}.{self.name.lower()}", placeholder="%s")
+        return SQLIndex(datastore, prefix=self.name.lower(), placeholder="?")
+
     def construct_mapper(self) -> Mapper[UUID]:
+        if self.factory.cipher() is not None or self.factory.compressor() is not None:
+            msg = (
+                "klarna_flow seals secret fields itself and keeps the rest of each "
+                "event readable for audits: unset eventsourcing's CIPHER_TOPIC and "
+                "COMPRESSOR_TOPIC"
+            )
+            raise ConfigurationError(msg)
         mapper = ChainedMapper(
             transcoder=self.construct_transcoder(),
-            compressor=self.factory.compressor(),
-            cipher=self.factory.cipher(),
         )
         mapper.genesis = genesis(self.name)
         return mapper
@@ -366,6 +400,179 @@ class Payments(Application[UUID]):
         payment.cancel(now=self.now(), cause=cause)
         self.save_payment(payment)
         return payment
+
+    # -- authorization --------------------------------------------------------
+
+    def authorize(self, payment_id: UUID) -> AuthorizationOutcome:
+        """Authorize a completed payment with Klarna, exactly once.
+
+        Records ``AuthorizationRequested`` (with an idempotency key fixed for
+        this payment and attempt) before calling Klarna, then the outcome.
+
+        Returns:
+            The recorded outcome: ``APPROVED``, ``DECLINED``,
+            ``STEP_UP_REQUIRED``, ``FAILED`` (Klarna refused without acting;
+            another attempt is allowed) or ``PENDING`` (unknown whether Klarna
+            acted: ``reconcile`` will find out).
+
+        Raises:
+            WrongFlow: a pure tokenization payment (no request is sent).
+            InvalidTransition: the payment is not ``COMPLETED``.
+            AuthorizationWindowElapsed: 60 minutes passed; ``PaymentExpired``
+                was recorded.
+            AuthorizationInProgress: another worker requested it first.
+            ConfigurationError: no Klarna client was given.
+        """
+        client = self._client()
+        intent = record_intent(self, payment_id)
+        return self._send(client, intent, cause="command:authorize")
+
+    def _client(self) -> KlarnaClient:
+        if self.klarna is None:
+            msg = "Payments was constructed without klarna=KlarnaClient(...)"
+            raise ConfigurationError(msg)
+        return self.klarna
+
+    def _async_client(self) -> AsyncKlarnaClient:
+        if self.async_klarna is None:
+            msg = "Payments was constructed without async_klarna=AsyncKlarnaClient(...)"
+            raise ConfigurationError(msg)
+        return self.async_klarna
+
+    def _send(self, client: KlarnaClient, intent: Intent, *, cause: str) -> AuthorizationOutcome:
+        response: AuthorizationResponse | None = None
+        error: KlarnaError | None = None
+        try:
+            response = client.authorize(**intent.request())
+        except KlarnaError as e:
+            error = e
+        return record_outcome(self, intent, response, error, cause=cause)
+
+    def reconcile(
+        self, *, older_than: timedelta = timedelta(minutes=5)
+    ) -> list[AuthorizationOutcome]:
+        """Resolve payments left ``AUTHORIZING`` for longer than ``older_than``.
+
+        Each is re-sent with its recorded idempotency key, so Klarna answers
+        with its original result and never creates a second transaction.
+        """
+        client = self._client()
+        return [
+            self._send(client, intent, cause="command:reconcile")
+            for intent in self._stale_intents(older_than)
+        ]
+
+    def _stale_intents(self, older_than: timedelta) -> list[Intent]:
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise InvalidInput("older_than", "must be a non-negative timedelta")
+        cutoff = (self.now() - older_than).timestamp()
+        intents = []
+        for row in self.read_model("AUTHORIZING"):
+            if row.since > cutoff:
+                continue
+            payment = self.get(row.payment_id)
+            if payment.state is PaymentState.AUTHORIZING:
+                intents.append(resume_intent(self, payment))
+        return intents
+
+    async def authorize_async(self, payment_id: UUID) -> AuthorizationOutcome:
+        """:meth:`authorize` with ``AsyncKlarnaClient``; storage runs in a thread."""
+        client = self._async_client()
+        intent = await asyncio.to_thread(record_intent, self, payment_id)
+        return await self._send_async(client, intent, cause="command:authorize")
+
+    async def _send_async(
+        self, client: AsyncKlarnaClient, intent: Intent, *, cause: str
+    ) -> AuthorizationOutcome:
+        response: AuthorizationResponse | None = None
+        error: KlarnaError | None = None
+        try:
+            response = await client.authorize(**intent.request())
+        except KlarnaError as e:
+            error = e
+        return await asyncio.to_thread(record_outcome, self, intent, response, error, cause=cause)
+
+    async def reconcile_async(
+        self, *, older_than: timedelta = timedelta(minutes=5)
+    ) -> list[AuthorizationOutcome]:
+        """:meth:`reconcile` with ``AsyncKlarnaClient``, calls sent concurrently."""
+        client = self._async_client()
+        intents = await asyncio.to_thread(self._stale_intents, older_than)
+        return list(
+            await asyncio.gather(
+                *(self._send_async(client, i, cause="command:reconcile") for i in intents)
+            )
+        )
+
+    def outcome(self, payment_id: UUID) -> AuthorizationOutcome:
+        """The authorization outcome as recorded now."""
+        return outcome_of(self.get(payment_id))
+
+    # -- expiry and notifications ----------------------------------------------
+
+    def expire_overdue(self) -> list[UUID]:
+        """Expire every payment whose time ran out; returns the ids expired.
+
+        Reads the payment index (open payments by deadline), not every payment.
+        """
+        expired = []
+        with _storage_errors():
+            self.index.catch_up()
+            due = self.index.store.due(self.now().timestamp())
+        for payment_id in due:
+            try:
+                self.expire(payment_id, cause="command:expire_overdue")
+            except CommandRefused:
+                continue  # changed meanwhile (authorized, canceled, already expired)
+            expired.append(payment_id)
+        return expired
+
+    def handle_notification(self, body: bytes, headers: Mapping[str, str]) -> NotificationResult:
+        """Verify and apply one Klarna notification.
+
+        Returns:
+            What the endpoint should answer: 2xx to acknowledge, 400 for a bad
+            signature or body, 404 for a payment request not known (yet), 503
+            when the store failed (Klarna will retry).
+        """
+        if not isinstance(body, bytes):
+            raise InvalidInput("body", "must be the raw request body as bytes")
+        return self.notifications.handle(body, headers)
+
+    async def handle_notification_async(
+        self, body: bytes, headers: Mapping[str, str]
+    ) -> NotificationResult:
+        """:meth:`handle_notification` with storage off the event loop."""
+        return await asyncio.to_thread(self.handle_notification, body, headers)
+
+    def find_by_payment_request(self, payment_request_id: str | None) -> UUID | None:
+        """The payment that holds Klarna's ``payment_request_id``, if any."""
+        if not payment_request_id:
+            return None
+        with _storage_errors():
+            self.index.catch_up()
+            return self.index.store.by_payment_request(payment_request_id)
+
+    # -- read models ----------------------------------------------------------
+
+    def read_model(self, state: PaymentState | str | None = None) -> list[IndexRow]:
+        """Index rows (all, or those in ``state``), caught up first."""
+        with _storage_errors():
+            self.index.catch_up()
+            if state is None:
+                return self.index.store.all_rows()
+            return self.index.store.in_state(PaymentState(state).value)
+
+    def counts_by_state(self) -> dict[str, int]:
+        """How many payments are in each state (from the read model)."""
+        with _storage_errors():
+            self.index.catch_up()
+            return self.index.store.counts()
+
+    def rebuild_read_models(self, *, progress: Progress | None = None) -> int:
+        """Drop the read models and rebuild them from the notification log."""
+        with _storage_errors():
+            return self.index.rebuild(progress=progress)
 
     # -- history ------------------------------------------------------------
 

@@ -61,7 +61,7 @@ class Payment(Aggregate):
 
         def mutate(self, aggregate: Any) -> Any:
             payment = super().mutate(aggregate)
-            if self.cause.startswith("notification:"):
+            if payment is not None and self.cause.startswith("notification:"):
                 payment.notification_ids = payment.notification_ids | {self.cause[13:]}
             return payment
 

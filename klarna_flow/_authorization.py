@@ -1,0 +1,290 @@
+"""Intent-first authorization: record the request, call Klarna, record the outcome.
+
+::
+
+    load payment; check guards                    -> typed error, nothing recorded
+    record AuthorizationRequested(key)            -> save: the one worker that saves goes on
+    POST /payment/authorize with the key          (the client retries with the same key)
+    record Approved | Declined | StepUpRequired | Failed -> save
+
+A failure after which Klarna may have acted (5xx, timeout, dropped connection,
+an answer we cannot read) leaves the payment ``AUTHORIZING``: ``reconcile``
+re-sends the same key later and Klarna answers with the original result. Only
+failures that prove Klarna did not act (4xx, rate limiting) record
+``AuthorizationFailed`` and reopen the payment for another attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import attrs
+
+from klarna_flow._errors import (
+    AuthorizationInProgress,
+    AuthorizationWindowElapsed,
+    ConcurrentModification,
+    ConfigurationError,
+    KlarnaAPIError,
+    KlarnaError,
+    KlarnaServerError,
+)
+from klarna_flow._lifecycle import PaymentState
+from klarna_flow.klarna import AuthorizationResponse, AuthorizationResult
+
+if TYPE_CHECKING:
+    from klarna_flow._application import Payments
+    from klarna_flow._payment import Payment
+
+__all__ = ["AuthorizationOutcome", "Intent", "OutcomeResult"]
+
+_KEY_NAMESPACE = uuid.UUID("0d8a1c52-62c4-4b36-9d7e-8f1b5a0c3e77")
+
+
+class OutcomeResult(enum.StrEnum):
+    """How an authorization attempt ended, as recorded."""
+
+    APPROVED = "APPROVED"
+    DECLINED = "DECLINED"
+    STEP_UP_REQUIRED = "STEP_UP_REQUIRED"
+    FAILED = "FAILED"
+    """Klarna refused the request without acting; another attempt is allowed."""
+    PENDING = "PENDING"
+    """Unknown whether Klarna acted; ``reconcile`` will find out."""
+
+
+@attrs.frozen
+class AuthorizationOutcome:
+    """What ``authorize`` or ``reconcile`` recorded for one payment."""
+
+    payment_id: UUID
+    result: OutcomeResult
+    state: PaymentState
+    idempotency_key: str
+    payment_transaction_id: str | None = None
+    correlation_id: str | None = None
+    payment_request_id: str | None = None
+    payment_request_url: str | None = None
+    error: KlarnaError | None = attrs.field(default=None, eq=False)
+
+
+def idempotency_key(payment_id: UUID, attempt: int) -> str:
+    """Deterministic per payment and attempt (a UUIDv5)."""
+    return str(uuid.uuid5(_KEY_NAMESPACE, f"{payment_id}:{attempt}"))
+
+
+@attrs.frozen
+class Intent:
+    """A recorded ``AuthorizationRequested``: everything the call needs."""
+
+    payment_id: UUID
+    partner_account_id: str
+    session_token: str = attrs.field(repr=False)
+    currency: str
+    amount: int
+    reference: str
+    idempotency_key: str
+
+    def request(self) -> dict[str, Any]:
+        """Keyword arguments of ``KlarnaClient.authorize``."""
+        return {
+            "partner_account_id": self.partner_account_id,
+            "session_token": self.session_token,
+            "currency": self.currency,
+            "amount": self.amount,
+            "reference": self.reference,
+            "idempotency_key": self.idempotency_key,
+            "correlation_id": str(self.payment_id),
+        }
+
+
+def record_intent(app: Payments, payment_id: UUID) -> Intent:
+    """Check the guards and record ``AuthorizationRequested``; no I/O to Klarna.
+
+    Raises:
+        WrongFlow, InvalidTransition, MissingToken: refused, nothing recorded.
+        AuthorizationInProgress: another worker requested authorization first.
+        AuthorizationWindowElapsed: too late; ``PaymentExpired`` was recorded.
+    """
+    payment = app.get(payment_id)
+    now = app.now()
+    if payment.state is PaymentState.AUTHORIZING:
+        raise AuthorizationInProgress(
+            f"authorization of payment {payment_id} is already in progress",
+            payment_id=payment_id,
+            command="request_authorization",
+            state=payment.state.value,
+        )
+    _expire_if_window_elapsed(app, payment, now)
+    account = payment.partner_account_id or app.partner_account_id
+    if not account:
+        msg = f"payment {payment_id} has no partner account and Payments has no default"
+        raise ConfigurationError(msg)
+    token = None
+    if payment.session_token is not None:  # opened first: a missing key records nothing
+        token = app.unseal(payment_id, "session_token", payment.session_token)
+    key = idempotency_key(payment_id, payment.authorization_attempts + 1)
+    payment.request_authorization(idempotency_key=key, now=now)
+    try:
+        app.save_payment(payment)
+    except ConcurrentModification as e:
+        raise AuthorizationInProgress(
+            f"another worker changed payment {payment_id} first; no call was made",
+            payment_id=payment_id,
+            command="request_authorization",
+            state=payment.state.value,
+        ) from e
+    assert token is not None  # the guard requires a session token
+    return Intent(
+        payment_id=payment_id,
+        partner_account_id=account,
+        session_token=token,
+        currency=payment.currency,
+        amount=payment.amount,
+        reference=payment.reference,
+        idempotency_key=key,
+    )
+
+
+def _expire_if_window_elapsed(app: Payments, payment: Payment, now: datetime) -> None:
+    authorize_by = payment.authorize_by
+    if payment.state is not PaymentState.COMPLETED or authorize_by is None:
+        return
+    if now < authorize_by:
+        return
+    payment.expire(now=now, reason="AUTHORIZATION_WINDOW", cause="command:authorize")
+    with contextlib.suppress(ConcurrentModification):  # if someone else did, it stands
+        app.save_payment(payment)
+    raise AuthorizationWindowElapsed(
+        f"the authorization window of payment {payment.id} closed at "
+        f"{authorize_by.isoformat()}; the payment is now EXPIRED",
+        payment_id=payment.id,
+        command="request_authorization",
+        state=PaymentState.EXPIRED.value,
+    )
+
+
+def resume_intent(app: Payments, payment: Payment) -> Intent:
+    """The recorded intent of a payment left ``AUTHORIZING`` (for reconcile)."""
+    assert payment.session_token is not None
+    assert payment.idempotency_key is not None
+    return Intent(
+        payment_id=payment.id,
+        partner_account_id=payment.partner_account_id or app.partner_account_id or "",
+        session_token=app.unseal(payment.id, "session_token", payment.session_token),
+        currency=payment.currency,
+        amount=payment.amount,
+        reference=payment.reference,
+        idempotency_key=payment.idempotency_key,
+    )
+
+
+def is_ambiguous(error: KlarnaError) -> bool:
+    """True when Klarna may have acted despite the error."""
+    return not isinstance(error, KlarnaAPIError) or isinstance(error, KlarnaServerError)
+
+
+def record_outcome(
+    app: Payments,
+    intent: Intent,
+    response: AuthorizationResponse | None,
+    error: KlarnaError | None,
+    *,
+    cause: str,
+) -> AuthorizationOutcome:
+    """Record what Klarna answered (or the failure) on the payment."""
+    for _ in range(3):
+        payment = app.get(intent.payment_id)
+        if payment.state is not PaymentState.AUTHORIZING or (
+            payment.idempotency_key != intent.idempotency_key
+        ):
+            return outcome_of(payment, error)  # someone else recorded it already
+        _apply(app, payment, response, error, cause=cause)
+        try:
+            app.save_payment(payment)
+        except ConcurrentModification:
+            continue
+        return outcome_of(payment, error)
+    return outcome_of(app.get(intent.payment_id), error)
+
+
+def _apply(
+    app: Payments,
+    payment: Payment,
+    response: AuthorizationResponse | None,
+    error: KlarnaError | None,
+    *,
+    cause: str,
+) -> None:
+    now = app.now()
+    if response is None:
+        assert error is not None
+        if is_ambiguous(error):
+            return  # stays AUTHORIZING for reconcile
+        payment.fail(
+            error=f"{type(error).__name__}: {error}",
+            status_code=getattr(error, "status_code", None),
+            correlation_id=error.correlation_id,
+            now=now,
+            cause=cause,
+        )
+    elif response.result is AuthorizationResult.APPROVED:
+        assert response.transaction is not None
+        payment.approve(
+            payment_transaction_id=response.transaction.payment_transaction_id,
+            correlation_id=response.correlation_id,
+            transaction_expires_at=response.transaction.expires_at,
+            now=now,
+            cause=cause,
+        )
+    elif response.result is AuthorizationResult.DECLINED:
+        payment.decline(
+            correlation_id=response.correlation_id,
+            reason=response.result_reason,
+            now=now,
+            cause=cause,
+        )
+    else:
+        step_up = response.step_up
+        payment.require_step_up(
+            correlation_id=response.correlation_id,
+            payment_request_id=step_up.payment_request_id if step_up else None,
+            payment_request_url=step_up.payment_request_url if step_up else None,
+            request_lifetime=app.request_lifetime,
+            now=now,
+            cause=cause,
+        )
+
+
+_RESULTS = {
+    PaymentState.AUTHORIZED: OutcomeResult.APPROVED,
+    PaymentState.DECLINED: OutcomeResult.DECLINED,
+    PaymentState.CREATED: OutcomeResult.STEP_UP_REQUIRED,
+    PaymentState.COMPLETED: OutcomeResult.FAILED,
+    PaymentState.AUTHORIZING: OutcomeResult.PENDING,
+}
+
+
+def outcome_of(payment: Payment, error: KlarnaError | None = None) -> AuthorizationOutcome:
+    """The outcome as the payment records it now."""
+    result = _RESULTS.get(payment.state, OutcomeResult.FAILED)
+    return AuthorizationOutcome(
+        payment_id=payment.id,
+        result=result,
+        state=payment.state,
+        idempotency_key=payment.idempotency_key or "",
+        payment_transaction_id=payment.payment_transaction_id,
+        correlation_id=payment.correlation_id
+        if error is None
+        else (error.correlation_id or payment.correlation_id),
+        payment_request_id=payment.payment_request_id,
+        payment_request_url=payment.step_up_url
+        if result is OutcomeResult.STEP_UP_REQUIRED
+        else None,
+        error=error,
+    )

@@ -1,0 +1,136 @@
+"""Turning a verified Klarna notification into at most one recorded event.
+
+Duplicates (same ``event_id``) are recognised from the payment's own history,
+so deduplication survives restarts and holds across workers. A notification
+that would move a payment backwards (a late ``completed`` after ``expired``, a
+repeat of a completion) changes nothing and is acknowledged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from klarna_flow._errors import (
+    CommandRefused,
+    ConcurrentModification,
+    ConfigurationError,
+    InvalidInput,
+    NotificationRejected,
+    StorageError,
+)
+from klarna_flow._lifecycle import PaymentState, is_final
+from klarna_flow._webhooks import (
+    CANCELED,
+    COMPLETED,
+    EXPIRED,
+    KNOWN_TYPES,
+    Envelope,
+    NotificationResult,
+    parse_envelope,
+    verify_signature,
+)
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from klarna_flow._application import Payments
+    from klarna_flow._payment import Payment
+
+__all__ = ["NotificationHandler"]
+
+
+class NotificationHandler:
+    """Verifies, parses, deduplicates and applies notifications for ``Payments``."""
+
+    def __init__(self, app: Payments, signing_keys: Mapping[str, bytes]) -> None:
+        self.app = app
+        self.signing_keys = dict(signing_keys)
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def _count(self, result: NotificationResult) -> NotificationResult:
+        with self._lock:
+            self.counts[result.outcome] += 1
+        return result
+
+    def handle(self, body: bytes, headers: Mapping[str, str]) -> NotificationResult:
+        if not self.signing_keys:
+            msg = "Payments was given no notification signing keys"
+            raise ConfigurationError(msg)
+        try:
+            verify_signature(body, headers, self.signing_keys)
+            envelope = parse_envelope(body)
+        except NotificationRejected as e:
+            return self._count(NotificationResult(400, "rejected", detail=str(e)))
+        if envelope.event_type not in KNOWN_TYPES:
+            return self._count(_result(envelope, 200, "unknown_type", None, "ignored"))
+        try:
+            return self._count(self._apply(envelope))
+        except StorageError as e:
+            return self._count(_result(envelope, 503, "error", None, str(e)))
+
+    def _apply(self, envelope: Envelope) -> NotificationResult:
+        payment_id = self.app.find_by_payment_request(envelope.payment_request_id)
+        if payment_id is None:
+            return _result(envelope, 404, "unknown_payment", None, "no payment has this request")
+        for _ in range(3):
+            try:
+                return self._apply_to(envelope, self.app.get(payment_id))
+            except ConcurrentModification:
+                continue  # another writer got there first: look again
+        return _result(envelope, 503, "conflict", payment_id, "payment kept changing; retry")
+
+    def _apply_to(self, envelope: Envelope, payment: Payment) -> NotificationResult:
+        cause = f"notification:{envelope.event_id}"
+        if envelope.event_id in payment.notification_ids:
+            return _result(envelope, 200, "duplicate", payment.id, "already applied")
+        if is_final(payment.state, payment.flow) or payment.state is PaymentState.AUTHORIZING:
+            return _result(envelope, 200, "ignored", payment.id, f"payment is {payment.state}")
+        try:
+            applied = self._command(envelope, payment, cause)
+        except (CommandRefused, InvalidInput) as e:
+            if isinstance(e, ConcurrentModification):
+                raise
+            return _result(envelope, 200, "refused", payment.id, str(e))
+        if not applied:
+            return _result(envelope, 200, "ignored", payment.id, f"payment is {payment.state}")
+        return _result(envelope, 200, "applied", payment.id, "")
+
+    def _command(self, envelope: Envelope, payment: Payment, cause: str) -> bool:
+        app = self.app
+        if envelope.event_type == COMPLETED:
+            if payment.state is not PaymentState.CREATED:
+                return False  # a late or repeated completion never moves back
+            app.complete(
+                payment.id,
+                session_token=envelope.token("klarna_network_session_token", "payment_token"),
+                customer_token=envelope.token("customer_token"),
+                completed_at=envelope.occurred_at,
+                payment_request_id=envelope.payment_request_id,
+                cause=cause,
+            )
+        elif envelope.event_type == EXPIRED:
+            payment.expire(
+                now=app.now(), reason="KLARNA_REPORTED", reported_by_klarna=True, cause=cause
+            )
+            app.save_payment(payment)
+        elif envelope.event_type == CANCELED:
+            payment.cancel(now=app.now(), cause=cause)
+            app.save_payment(payment)
+        return True
+
+
+def _result(
+    envelope: Envelope, status: int, outcome: str, payment_id: UUID | None, detail: str
+) -> NotificationResult:
+    return NotificationResult(
+        status_code=status,
+        outcome=outcome,
+        event_id=envelope.event_id,
+        event_type=envelope.event_type,
+        payment_id=payment_id,
+        detail=detail,
+    )

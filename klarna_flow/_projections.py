@@ -1,0 +1,143 @@
+"""Read models fed from the application's notification log.
+
+:class:`PaymentIndex` follows the notification log in order and keeps one row
+per payment (state, flow, deadlines, version), from which the expiry sweep,
+reconcile and the state counts are answered without scanning payments. It
+reads each stored record's payload as JSON directly: the row needs a handful
+of fields, and skipping full event decoding keeps replays close to the raw
+read rate. Updates are tracked (see :mod:`klarna_flow._read_models`), so each
+event is applied exactly once, whichever worker applies it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import attrs
+from eventsourcing.persistence import ApplicationRecorder, Notification
+
+from klarna_flow._chain import DIGEST_SIZE
+from klarna_flow._lifecycle import AUTHORIZATION_WINDOW
+from klarna_flow._read_models import IndexRow, ReadModelStore
+
+__all__ = ["PaymentIndex"]
+
+_WINDOW = AUTHORIZATION_WINDOW.total_seconds()
+_STATE_OF = {
+    "PaymentCreated": "CREATED",
+    "PurchaseCompleted": "COMPLETED",
+    "AuthorizationRequested": "AUTHORIZING",
+    "AuthorizationApproved": "AUTHORIZED",
+    "AuthorizationDeclined": "DECLINED",
+    "StepUpRequired": "CREATED",
+    "AuthorizationFailed": "COMPLETED",
+    "PaymentExpired": "EXPIRED",
+    "PaymentCanceled": "CANCELED",
+}
+_BATCH = 2000
+_CACHE_LIMIT = 200_000
+
+Progress = Callable[[int, int], None]
+
+
+def _seconds(value: Any) -> float:
+    """POSIX seconds of a transcoded datetime (``{"_type_", "_data_"}``)."""
+    text = value["_data_"] if isinstance(value, dict) else value
+    return datetime.fromisoformat(text).timestamp()
+
+
+def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
+    """The row after notification ``n``, given the row before it."""
+    kind = n.topic[n.topic.rfind(".") + 1 :]
+    fields = json.loads(n.state[DIGEST_SIZE:])
+    oid = n.originator_id if isinstance(n.originator_id, UUID) else UUID(n.originator_id)
+    at = _seconds(fields["timestamp"])
+    if kind == "PaymentCreated":
+        return IndexRow(
+            payment_id=oid,
+            state="CREATED",
+            flow=fields["flow"],
+            version=n.originator_version,
+            since=at,
+            request_expires_at=_seconds(fields["request_expires_at"]),
+            authorize_by=None,
+            payment_request_id=fields.get("payment_request_id"),
+        )
+    if previous is None:  # events of a payment whose creation was not seen
+        return None
+    state = _STATE_OF.get(kind, previous.state)
+    changes: dict[str, Any] = {"version": n.originator_version}
+    if state != previous.state:
+        changes["state"] = state
+        changes["since"] = at
+    if kind == "PurchaseCompleted" and previous.flow != "TOKENIZATION":
+        changes["authorize_by"] = _seconds(fields["completed_at"]) + _WINDOW
+    if fields.get("payment_request_id") is not None:
+        changes["payment_request_id"] = fields["payment_request_id"]
+    if kind == "StepUpRequired":
+        changes["request_expires_at"] = _seconds(fields["request_expires_at"])
+        changes["authorize_by"] = None
+    return _evolve(previous, changes)
+
+
+def _evolve(row: IndexRow, changes: dict[str, Any]) -> IndexRow:
+    return attrs.evolve(row, **changes)
+
+
+class PaymentIndex:
+    """The payment index, kept up to date from the notification log."""
+
+    def __init__(self, recorder: ApplicationRecorder, store: ReadModelStore) -> None:
+        self.recorder = recorder
+        self.store = store
+
+    def catch_up(self, *, progress: Progress | None = None) -> int:
+        """Apply every notification not yet applied; returns how many this call applied."""
+        applied = 0
+        cache: dict[UUID, IndexRow] = {}
+        fresh = self.store.position() == 0
+        total = (self.recorder.max_notification_id() or 0) if progress else 0
+        while True:
+            position = self.store.position()
+            batch = self.recorder.select_notifications(start=position + 1, limit=_BATCH)
+            if not batch:
+                return applied
+            changed = self._project_batch(batch, cache, lookup=not fresh)
+            if self.store.apply(changed, expected=position, position=batch[-1].id):
+                applied += len(batch)
+                if progress:
+                    progress(batch[-1].id, total)
+            else:  # another worker applied these first: start again from its position
+                cache.clear()
+                fresh = False
+            if len(cache) > _CACHE_LIMIT:
+                cache.clear()
+                fresh = False
+
+    def _project_batch(
+        self, batch: Sequence[Notification], cache: dict[UUID, IndexRow], *, lookup: bool
+    ) -> dict[UUID, IndexRow]:
+        ids = {_uuid(n.originator_id) for n in batch}
+        if lookup:
+            missing = [i for i in ids if i not in cache]
+            cache.update(self.store.rows(missing))
+        changed: dict[UUID, IndexRow] = {}
+        for n in batch:
+            oid = _uuid(n.originator_id)
+            row = project(cache.get(oid), n)
+            if row is not None:
+                cache[oid] = changed[oid] = row
+        return changed
+
+    def rebuild(self, *, progress: Progress | None = None) -> int:
+        """Drop the read models and rebuild them from the whole notification log."""
+        self.store.clear()
+        return self.catch_up(progress=progress)
+
+
+def _uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)

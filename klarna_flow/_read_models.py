@@ -1,0 +1,296 @@
+"""Where the read models live: in memory, or in tables beside the event store.
+
+One table, the payment index, answers every question the application asks of
+its read models: open payments by deadline (the expiry sweep), payments by
+state (reconcile, ``klarna-flow`` listings) and counts by state. A tracking
+row records the last notification applied; an update moves it forward only
+from the position it was computed from, so each event is applied exactly once
+even when several workers catch up at the same time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+from uuid import UUID
+
+import attrs
+
+__all__ = ["IndexRow", "MemoryIndex", "ReadModelStore", "SQLIndex"]
+
+
+@attrs.frozen
+class IndexRow:
+    """One payment as the read models see it (times are POSIX seconds, UTC)."""
+
+    payment_id: UUID
+    state: str
+    flow: str
+    version: int
+    since: float
+    request_expires_at: float | None
+    authorize_by: float | None
+    payment_request_id: str | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """When the expiry sweep may expire this payment, or None."""
+        if self.state == "CREATED":
+            return self.request_expires_at
+        if self.state == "COMPLETED":
+            return self.authorize_by
+        return None
+
+
+class ReadModelStore(Protocol):
+    """The storage port of the read models."""
+
+    def position(self) -> int: ...
+
+    def rows(self, ids: Iterable[UUID]) -> dict[UUID, IndexRow]: ...
+
+    def apply(self, rows: Mapping[UUID, IndexRow], *, expected: int, position: int) -> bool:
+        """Write ``rows`` and move the position; False if it was not ``expected``."""
+        ...
+
+    def by_payment_request(self, payment_request_id: str) -> UUID | None: ...
+
+    def due(self, now: float) -> list[UUID]: ...
+
+    def in_state(self, state: str) -> list[IndexRow]: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def all_rows(self) -> list[IndexRow]: ...
+
+    def clear(self) -> None: ...
+
+
+class MemoryIndex:
+    """Read models for the in-memory store (they live as long as it does)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[UUID, IndexRow] = {}
+        self._position = 0
+        self._lock = threading.Lock()
+
+    def position(self) -> int:
+        return self._position
+
+    def rows(self, ids: Iterable[UUID]) -> dict[UUID, IndexRow]:
+        return {i: self._rows[i] for i in ids if i in self._rows}
+
+    def apply(self, rows: Mapping[UUID, IndexRow], *, expected: int, position: int) -> bool:
+        with self._lock:
+            if self._position != expected:
+                return False
+            self._rows.update(rows)
+            self._position = position
+            return True
+
+    def by_payment_request(self, payment_request_id: str) -> UUID | None:
+        for r in list(self._rows.values()):
+            if r.payment_request_id == payment_request_id:
+                return r.payment_id
+        return None
+
+    def due(self, now: float) -> list[UUID]:
+        return [
+            r.payment_id
+            for r in list(self._rows.values())
+            if r.deadline is not None and r.deadline <= now
+        ]
+
+    def in_state(self, state: str) -> list[IndexRow]:
+        return [r for r in list(self._rows.values()) if r.state == state]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in list(self._rows.values()):
+            counts[r.state] = counts.get(r.state, 0) + 1
+        return counts
+
+    def all_rows(self) -> list[IndexRow]:
+        return sorted(self._rows.values(), key=lambda r: str(r.payment_id))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self._position = 0
+
+
+class _Datastore(Protocol):
+    def transaction(self, *, commit: bool) -> AbstractContextManager[Any]: ...
+
+
+_COLUMNS = (
+    "payment_id, state, flow, version, since, request_expires_at, authorize_by, payment_request_id"
+)
+
+
+class SQLIndex:
+    """Read models in SQL tables, through eventsourcing's own datastore.
+
+    Args:
+        datastore: the SQLite or PostgreSQL datastore of the event store.
+        prefix: table name prefix (the application name), schema-qualified
+            for PostgreSQL.
+        placeholder: ``?`` for SQLite, ``%s`` for PostgreSQL.
+    """
+
+    def __init__(self, datastore: _Datastore, *, prefix: str, placeholder: str) -> None:
+        self._ds = datastore
+        self._index = f"{prefix}_payment_index"
+        self._tracking = f"{prefix}_read_model_tracking"
+        self._p = placeholder
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        with self._ds.transaction(commit=True) as c:
+            c.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._index} ("
+                "payment_id TEXT PRIMARY KEY, state TEXT NOT NULL, flow TEXT NOT NULL, "
+                "version BIGINT NOT NULL, since DOUBLE PRECISION NOT NULL, "
+                "request_expires_at DOUBLE PRECISION, authorize_by DOUBLE PRECISION, "
+                "payment_request_id TEXT, deadline DOUBLE PRECISION)"
+            )
+            c.execute(
+                f"CREATE INDEX IF NOT EXISTS {self._index.split('.')[-1]}_deadline "
+                f"ON {self._index} (deadline)"
+            )
+            c.execute(
+                f"CREATE INDEX IF NOT EXISTS {self._index.split('.')[-1]}_state "
+                f"ON {self._index} (state)"
+            )
+            c.execute(
+                f"CREATE INDEX IF NOT EXISTS {self._index.split('.')[-1]}_request "
+                f"ON {self._index} (payment_request_id)"
+            )
+            c.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._tracking} ("
+                "name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+            )
+            c.execute(
+                f"INSERT INTO {self._tracking} (name, position) VALUES ('index', 0) "
+                "ON CONFLICT (name) DO NOTHING"
+            )
+
+    def position(self) -> int:
+        with self._ds.transaction(commit=False) as c:
+            c.execute(f"SELECT position FROM {self._tracking} WHERE name = 'index'")
+            row = c.fetchone()
+        return int(row["position"]) if row else 0
+
+    def rows(self, ids: Iterable[UUID]) -> dict[UUID, IndexRow]:
+        keys = [str(i) for i in ids]
+        if not keys:
+            return {}
+        found: dict[UUID, IndexRow] = {}
+        with self._ds.transaction(commit=False) as c:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ", ".join([self._p] * len(chunk))
+                c.execute(
+                    f"SELECT {_COLUMNS} FROM {self._index} WHERE payment_id IN ({marks})",
+                    chunk,
+                )
+                for r in c.fetchall():
+                    row = _row(r)
+                    found[row.payment_id] = row
+        return found
+
+    def apply(self, rows: Mapping[UUID, IndexRow], *, expected: int, position: int) -> bool:
+        p = self._p
+        with self._ds.transaction(commit=True) as c:
+            c.execute(
+                f"UPDATE {self._tracking} SET position = {p} "
+                f"WHERE name = 'index' AND position = {p} RETURNING position",
+                (position, expected),
+            )
+            if c.fetchone() is None:
+                return False
+            if rows:
+                c.executemany(
+                    f"INSERT INTO {self._index} ({_COLUMNS}, deadline) "
+                    f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+                    "ON CONFLICT (payment_id) DO UPDATE SET state = excluded.state, "
+                    "version = excluded.version, since = excluded.since, "
+                    "request_expires_at = excluded.request_expires_at, "
+                    "authorize_by = excluded.authorize_by, deadline = excluded.deadline, "
+                    "payment_request_id = excluded.payment_request_id",
+                    [
+                        (
+                            str(r.payment_id),
+                            r.state,
+                            r.flow,
+                            r.version,
+                            r.since,
+                            r.request_expires_at,
+                            r.authorize_by,
+                            r.payment_request_id,
+                            r.deadline,
+                        )
+                        for r in rows.values()
+                    ],
+                )
+        return True
+
+    def by_payment_request(self, payment_request_id: str) -> UUID | None:
+        with self._ds.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT payment_id FROM {self._index} WHERE payment_request_id = {self._p}",
+                (payment_request_id,),
+            )
+            row = c.fetchone()
+        return UUID(row["payment_id"]) if row else None
+
+    def due(self, now: float) -> list[UUID]:
+        with self._ds.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT payment_id FROM {self._index} WHERE deadline <= {self._p} "
+                "ORDER BY deadline",
+                (now,),
+            )
+            return [UUID(r["payment_id"]) for r in c.fetchall()]
+
+    def in_state(self, state: str) -> list[IndexRow]:
+        with self._ds.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT {_COLUMNS} FROM {self._index} WHERE state = {self._p} ORDER BY since",
+                (state,),
+            )
+            return [_row(r) for r in c.fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        with self._ds.transaction(commit=False) as c:
+            c.execute(f"SELECT state, COUNT(*) AS n FROM {self._index} GROUP BY state")
+            return {r["state"]: int(r["n"]) for r in c.fetchall()}
+
+    def all_rows(self) -> list[IndexRow]:
+        return list(self._iter_all())
+
+    def _iter_all(self) -> Iterator[IndexRow]:
+        with self._ds.transaction(commit=False) as c:
+            c.execute(f"SELECT {_COLUMNS} FROM {self._index} ORDER BY payment_id")
+            for r in c.fetchall():
+                yield _row(r)
+
+    def clear(self) -> None:
+        with self._ds.transaction(commit=True) as c:
+            c.execute(f"DELETE FROM {self._index}")
+            c.execute(f"UPDATE {self._tracking} SET position = 0 WHERE name = 'index'")
+
+
+def _row(r: Any) -> IndexRow:
+    return IndexRow(
+        payment_id=UUID(r["payment_id"]),
+        state=r["state"],
+        flow=r["flow"],
+        version=int(r["version"]),
+        since=float(r["since"]),
+        request_expires_at=r["request_expires_at"],
+        authorize_by=r["authorize_by"],
+        payment_request_id=r["payment_request_id"],
+    )
