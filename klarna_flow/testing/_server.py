@@ -156,6 +156,7 @@ class FakeKlarnaServer:
         except OSError as exc:
             raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from exc
         self._thread: threading.Thread | None = None
+        self._serving = False
 
     @property
     def base_url(self) -> str:
@@ -166,26 +167,27 @@ class FakeKlarnaServer:
 
     def start(self) -> FakeKlarnaServer:
         """Serve in a daemon thread; return self."""
+        self._serving = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-klarna {self.base_url}",
-            daemon=True,
+            target=self.serve_forever, name=f"fake-klarna {self.base_url}", daemon=True
         )
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
-        """Serve in this thread until interrupted, then close."""
+        """Serve in this thread until :meth:`stop` (from another thread) or Ctrl-C."""
+        self._serving = True
         try:
-            self._server.serve_forever(poll_interval=0.2)
+            self._server.serve_forever(poll_interval=0.05)
         finally:
+            self._serving = False
             self._close()
 
     def stop(self) -> None:
         """Stop serving, cut open connections and release the socket."""
-        if self._thread is not None:
+        if self._serving:
             self._server.shutdown()
+        if self._thread is not None:
             self._thread.join()
             self._thread = None
         self._close()
@@ -195,7 +197,7 @@ class FakeKlarnaServer:
         self._server.server_close()
 
     def __enter__(self) -> FakeKlarnaServer:
-        return self.start() if self._thread is None else self
+        return self if self._serving else self.start()
 
     def __exit__(
         self,
@@ -221,15 +223,17 @@ def run_fake_server(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
-    ready: Callable[[str], object] | None = None,
+    ready: Callable[[FakeKlarnaServer], object] | None = None,
 ) -> None:
-    """Serve ``fake`` until interrupted (Ctrl-C), for the ``fake-server`` command.
+    """Serve ``fake`` in this thread until Ctrl-C, for the ``fake-server`` command.
 
     Args:
-        ready: called with the base URL once the socket listens.
+        ready: called with the server once its socket listens (read
+            ``server.base_url`` to announce it; ``server.stop()`` from another
+            thread ends the serving).
     """
     server = FakeKlarnaServer(fake, host, port)
     if ready is not None:
-        ready(server.base_url)
+        ready(server)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
