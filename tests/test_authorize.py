@@ -1,0 +1,355 @@
+"""Authorize, intent first, end to end against FakeKlarna on every store.
+
+What ``/work/shared/design.md`` ("Authorize: intent first") promises:
+``AuthorizationRequested`` with its idempotency key is recorded before Klarna
+is called, the call carries that key, the outcome is recorded after it, and a
+refused command records nothing and sends nothing (except past the window,
+where ``PaymentExpired`` is recorded).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from klarna_flow import (
+    AuthorizationInProgress,
+    AuthorizationWindowElapsed,
+    ConfigurationError,
+    Flow,
+    InvalidTransition,
+    Payment,
+    Payments,
+    PaymentState,
+    WrongFlow,
+)
+from klarna_flow._authorization import OutcomeResult
+from klarna_flow.testing import ManualClock
+from tests._flow_helpers import (
+    AMOUNT,
+    CURRENCY,
+    Kit,
+    MakePayments,
+    Via,
+    event_names,
+    open_kit,
+)
+
+S = PaymentState
+WINDOW = timedelta(minutes=60)
+VIAS: list[Via] = ["notification", "command"]
+
+
+@pytest.fixture
+def kit(make_payments: MakePayments, clock: ManualClock) -> Iterator[Kit]:
+    with open_kit(make_payments, clock) as kit:
+        yield kit
+
+
+def requested_keys(kit: Kit, payment_id: uuid.UUID) -> list[str]:
+    return [
+        e.idempotency_key
+        for e in kit.events(payment_id)
+        if isinstance(e, Payment.AuthorizationRequested)
+    ]
+
+
+# -- the happy paths ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_authorization_flow_ends_authorized_with_klarnas_transaction(kit: Kit, via: Via) -> None:
+    created = kit.completed(Flow.AUTHORIZATION, via)
+
+    outcome = kit.payments.authorize(created.payment_id)
+
+    [transaction] = kit.fake.transactions
+    assert outcome.result is OutcomeResult.APPROVED
+    assert outcome.state is S.AUTHORIZED
+    assert outcome.payment_transaction_id == transaction.payment_transaction_id
+    assert outcome.correlation_id  # Klarna-Correlation-Id of the answer is kept
+    assert transaction.reference == created.reference
+    assert (transaction.amount, transaction.currency) == (11800, "USD")
+    payment = kit.payments.get(created.payment_id)
+    assert payment.state is S.AUTHORIZED
+    assert payment.payment_transaction_id == transaction.payment_transaction_id
+    assert kit.names(created.payment_id) == [
+        "PaymentCreated",
+        "PurchaseCompleted",
+        "AuthorizationRequested",
+        "AuthorizationApproved",
+    ]
+    assert kit.payments.outcome(created.payment_id) == outcome
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_pay_and_tokenize_is_authorized_and_keeps_the_customer_token(kit: Kit, via: Via) -> None:
+    created = kit.create(Flow.AUTHORIZATION_AND_TOKENIZATION)
+    done = kit.complete(created, via)
+    assert done.customer_token is not None
+
+    outcome = kit.payments.authorize(created.payment_id)
+
+    [transaction] = kit.fake.transactions_for(created.reference)
+    assert outcome.result is OutcomeResult.APPROVED
+    assert outcome.payment_transaction_id == transaction.payment_transaction_id
+    payment = kit.payments.get(created.payment_id)
+    assert payment.state is S.AUTHORIZED
+    assert payment.customer_token is not None
+    assert done.customer_token not in repr(payment.customer_token)  # sealed at rest
+    opened = kit.payments.unseal(created.payment_id, "customer_token", payment.customer_token)
+    assert opened == done.customer_token
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_pure_tokenization_completes_and_is_never_sent_to_klarna(kit: Kit, via: Via) -> None:
+    created = kit.create(Flow.TOKENIZATION)
+    done = kit.complete(created, via)
+    events_before = kit.names(created.payment_id)
+
+    with pytest.raises(WrongFlow):
+        kit.payments.authorize(created.payment_id)
+
+    assert kit.fake.requests == []
+    payment = kit.payments.get(created.payment_id)
+    assert payment.state is S.COMPLETED
+    assert kit.names(created.payment_id) == events_before == ["PaymentCreated", "PurchaseCompleted"]
+    assert payment.customer_token is not None
+    assert kit.payments.unseal(created.payment_id, "customer_token", payment.customer_token) == (
+        done.customer_token
+    )
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_decline_is_recorded_and_final(kit: Kit, via: Via) -> None:
+    created = kit.completed(Flow.AUTHORIZATION, via)
+    kit.fake.decline_next(reason="RISK")
+
+    outcome = kit.payments.authorize(created.payment_id)
+
+    assert outcome.result is OutcomeResult.DECLINED
+    assert outcome.state is S.DECLINED
+    assert outcome.payment_transaction_id is None
+    assert kit.fake.transactions == []
+    payment = kit.payments.get(created.payment_id)
+    assert (payment.state, payment.decline_reason) == (S.DECLINED, "RISK")
+    with pytest.raises(InvalidTransition):
+        kit.payments.authorize(created.payment_id)
+    assert len(kit.fake.requests) == 1
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_step_up_returns_to_created_with_the_new_payment_request(kit: Kit, via: Via) -> None:
+    created = kit.completed(Flow.AUTHORIZATION, via)
+    kit.fake.step_up_next()
+
+    outcome = kit.payments.authorize(created.payment_id)
+
+    assert outcome.result is OutcomeResult.STEP_UP_REQUIRED
+    assert outcome.state is S.CREATED
+    new_request = outcome.payment_request_id
+    assert new_request is not None
+    assert new_request != created.payment_request_id
+    assert kit.fake.state_of(new_request) == "SUBMITTED"
+    assert outcome.payment_request_url is not None
+    assert outcome.payment_request_url.startswith("https://")
+    payment = kit.payments.get(created.payment_id)
+    assert (payment.state, payment.payment_request_id) == (S.CREATED, new_request)
+    assert payment.session_token is None  # the old token is spent
+    assert kit.payments.find_by_payment_request(new_request) == created.payment_id
+    assert kit.fake.transactions == []
+
+
+def test_after_a_step_up_the_new_request_completes_and_authorizes(kit: Kit) -> None:
+    created = kit.completed(Flow.AUTHORIZATION)
+    kit.fake.step_up_next()
+    first = kit.payments.authorize(created.payment_id)
+    assert first.payment_request_id is not None
+
+    done = kit.fake.complete_payment_request(first.payment_request_id)
+    answer = kit.payments.handle_notification(done.notification.body, done.notification.headers)
+    assert (answer.status_code, answer.outcome) == (200, "applied")
+    second = kit.payments.authorize(created.payment_id)
+
+    [transaction] = kit.fake.transactions
+    assert second.result is OutcomeResult.APPROVED
+    assert second.payment_transaction_id == transaction.payment_transaction_id
+    assert second.idempotency_key != first.idempotency_key  # a new attempt, a new key
+    assert kit.sent_keys() == [first.idempotency_key, second.idempotency_key]
+
+
+# -- the idempotency key --------------------------------------------------------
+
+
+def test_klarna_receives_the_recorded_idempotency_key(kit: Kit) -> None:
+    created = kit.completed()
+
+    outcome = kit.payments.authorize(created.payment_id)
+
+    [recorded] = requested_keys(kit, created.payment_id)
+    [request] = kit.fake.requests
+    assert request.headers["Klarna-Idempotency-Key"] == recorded == outcome.idempotency_key
+    assert uuid.UUID(recorded).version == 5  # Klarna's guides ask for a UUID
+    [transaction] = kit.fake.transactions
+    assert transaction.idempotency_key == recorded
+
+
+def test_the_key_is_deterministic_per_payment_and_attempt(kit: Kit, clock: ManualClock) -> None:
+    # Attempt 1 is refused by Klarna without acting (400), attempt 2 succeeds.
+    created = kit.completed()
+    kit.fake.fail_next(400)
+    failed = kit.payments.authorize(created.payment_id)
+    assert (failed.result, failed.state) == (OutcomeResult.FAILED, S.COMPLETED)
+    approved = kit.payments.authorize(created.payment_id)
+    assert approved.result is OutcomeResult.APPROVED
+    keys = requested_keys(kit, created.payment_id)
+    assert kit.sent_keys() == keys
+    assert len(set(keys)) == 2
+
+    # The same payment (same account and reference) in another, in-memory
+    # store with another fake gets the same keys for the same attempts.
+    elsewhere: list[Payments] = []
+
+    def in_memory(**kwargs: Any) -> Payments:
+        elsewhere.append(
+            Payments({"PERSISTENCE_MODULE": "eventsourcing.popo"}, clock=clock, **kwargs)
+        )
+        return elsewhere[-1]
+
+    with open_kit(in_memory, clock) as other:
+        twin = other.create()
+        other.complete(twin)
+        assert twin.payment_id == created.payment_id
+        other.fake.fail_next(400)
+        other.payments.authorize(twin.payment_id)
+        other.payments.authorize(twin.payment_id)
+        assert requested_keys(other, twin.payment_id) == keys
+    elsewhere[0].close()
+
+    # Another payment gets other keys.
+    third = kit.completed()
+    kit.payments.authorize(third.payment_id)
+    assert not set(requested_keys(kit, third.payment_id)) & set(keys)
+
+
+# -- refusals -------------------------------------------------------------------
+
+
+def test_after_sixty_minutes_authorize_records_expiry_and_sends_nothing(kit: Kit) -> None:
+    created = kit.completed()
+    kit.clock.advance(WINDOW)
+
+    with pytest.raises(AuthorizationWindowElapsed) as caught:
+        kit.payments.authorize(created.payment_id)
+
+    assert caught.value.payment_id == created.payment_id
+    assert caught.value.state == "EXPIRED"
+    assert kit.fake.requests == []
+    payment = kit.payments.get(created.payment_id)
+    assert (payment.state, payment.expiry_reason) == (S.EXPIRED, "AUTHORIZATION_WINDOW")
+    events = kit.events(created.payment_id)
+    assert [type(e).__name__ for e in events] == [
+        "PaymentCreated",
+        "PurchaseCompleted",
+        "PaymentExpired",
+    ]
+    assert events[-1].cause == "command:authorize"
+    with pytest.raises(InvalidTransition):
+        kit.payments.authorize(created.payment_id)
+    assert kit.fake.requests == []
+
+
+def test_just_inside_the_window_authorize_goes_through(kit: Kit) -> None:
+    created = kit.completed()
+    kit.clock.advance(WINDOW - timedelta(seconds=1))
+
+    outcome = kit.payments.authorize(created.payment_id)
+
+    assert outcome.result is OutcomeResult.APPROVED
+
+
+def test_the_window_counts_from_klarnas_completion_time(kit: Kit) -> None:
+    # The notification is delivered 50 minutes late: only 10 minutes remain.
+    created = kit.create()
+    done = kit.fake.complete_payment_request(created.payment_request_id)
+    kit.clock.advance(timedelta(minutes=50))
+    kit.payments.handle_notification(done.notification.body, done.notification.headers)
+    assert kit.payments.get(created.payment_id).completed_at == done.completed_at
+    kit.clock.advance(timedelta(minutes=10))
+
+    with pytest.raises(AuthorizationWindowElapsed):
+        kit.payments.authorize(created.payment_id)
+    assert kit.fake.requests == []
+
+
+def test_a_created_payment_cannot_be_authorized(kit: Kit) -> None:
+    created = kit.create()
+
+    with pytest.raises(InvalidTransition) as caught:
+        kit.payments.authorize(created.payment_id)
+
+    assert caught.value.state == "CREATED"
+    assert kit.fake.requests == []
+    assert kit.names(created.payment_id) == ["PaymentCreated"]
+
+
+def test_a_second_authorize_after_approval_is_refused(kit: Kit) -> None:
+    created = kit.completed()
+    kit.payments.authorize(created.payment_id)
+    events = kit.names(created.payment_id)
+
+    with pytest.raises(InvalidTransition) as caught:
+        kit.payments.authorize(created.payment_id)
+
+    assert caught.value.state == "AUTHORIZED"
+    assert len(kit.fake.requests) == 1
+    assert len(kit.fake.transactions) == 1
+    assert kit.names(created.payment_id) == events
+
+
+def test_authorize_while_authorizing_is_in_progress_and_sends_nothing(kit: Kit) -> None:
+    created = kit.completed()
+    kit.fake.timeout_next(after_processing=False)
+    kit.fake.timeout_next(after_processing=False)
+    kit.fake.timeout_next(after_processing=False)
+    pending = kit.payments.authorize(created.payment_id)
+    assert (pending.result, pending.state) == (OutcomeResult.PENDING, S.AUTHORIZING)
+    sent = len(kit.fake.requests)
+
+    with pytest.raises(AuthorizationInProgress):
+        kit.payments.authorize(created.payment_id)
+
+    assert len(kit.fake.requests) == sent
+    assert requested_keys(kit, created.payment_id) == [pending.idempotency_key]
+
+
+def test_canceled_and_expired_payments_are_refused(kit: Kit) -> None:
+    canceled = kit.completed()
+    kit.payments.cancel(canceled.payment_id)
+    expired = kit.create()
+    kit.clock.advance(timedelta(hours=3))
+    kit.payments.expire(expired.payment_id)
+
+    for payment_id in (canceled.payment_id, expired.payment_id):
+        with pytest.raises(InvalidTransition):
+            kit.payments.authorize(payment_id)
+    assert kit.fake.requests == []
+
+
+def test_without_a_klarna_client_nothing_is_recorded(make_payments: MakePayments, kit: Kit) -> None:
+    bare = make_payments(partner_account_id=kit.fake.partner_account_id)
+    token = kit.fake.issue_session_token(amount=AMOUNT, currency=CURRENCY)
+    payment_id = bare.create(
+        flow=Flow.AUTHORIZATION, amount=AMOUNT, currency=CURRENCY, reference="no-client"
+    )
+    bare.complete(payment_id, session_token=token)
+
+    with pytest.raises(ConfigurationError):
+        bare.authorize(payment_id)
+
+    assert event_names(bare, payment_id) == ["PaymentCreated", "PurchaseCompleted"]
+    assert kit.fake.requests == []
