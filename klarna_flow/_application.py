@@ -182,10 +182,13 @@ class Payments(Application[UUID]):
         datastore = getattr(self.factory, "datastore", None)
         if datastore is None:
             return MemoryIndex()
+        create = bool(getattr(self.factory, "env_create_table", lambda: True)())
         schema = getattr(datastore, "schema", None)
         if schema is not None:  # PostgreSQL
-            return SQLIndex(datastore, prefix=f"{schema}.{self.name.lower()}", placeholder="%s")
-        return SQLIndex(datastore, prefix=self.name.lower(), placeholder="?")
+            prefix, placeholder = f"{schema}.{self.name.lower()}", "%s"
+        else:
+            prefix, placeholder = self.name.lower(), "?"
+        return SQLIndex(datastore, prefix=prefix, placeholder=placeholder, create=create)
 
     def construct_mapper(self) -> Mapper[UUID]:
         if self.factory.cipher() is not None or self.factory.compressor() is not None:

@@ -138,14 +138,19 @@ class SQLIndex:
         prefix: table name prefix (the application name), schema-qualified
             for PostgreSQL.
         placeholder: ``?`` for SQLite, ``%s`` for PostgreSQL.
+        create: create the tables if missing (eventsourcing's ``CREATE_TABLE``;
+            workers that start together should leave this to one setup step).
     """
 
-    def __init__(self, datastore: _Datastore, *, prefix: str, placeholder: str) -> None:
+    def __init__(
+        self, datastore: _Datastore, *, prefix: str, placeholder: str, create: bool = True
+    ) -> None:
         self._ds = datastore
         self._index = f"{prefix}_payment_index"
         self._tracking = f"{prefix}_read_model_tracking"
         self._p = placeholder
-        self._create_tables()
+        if create:
+            self._create_tables()
 
     def _create_tables(self) -> None:
         with self._ds.transaction(commit=True) as c:
