@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -304,12 +305,14 @@ class FakeKlarna(Authorizer):
             self._requests.append(request)
         if self.latency > 0:
             time.sleep(self.latency)
-        match = _AUTHORIZE_PATH.fullmatch(request.url.path)
+        # Match the raw path: an account KRN may hold an escaped "/".
+        path = request.url.raw_path.split(b"?")[0].decode("ascii", "replace")
+        match = _AUTHORIZE_PATH.fullmatch(path)
         if request.method != "POST" or match is None:
             return error_response(404, "RESOURCE_NOT_FOUND", "No such endpoint")
         with self._lock:
             scripted = self._script.popleft() if self._script else None
-            return self._answer(request, match[1], scripted)
+            return self._answer(request, unquote(match[1]), scripted)
 
     def _answer(
         self, request: httpx.Request, account: str, scripted: Scripted | None
