@@ -89,6 +89,8 @@ class Intent:
     amount: int
     reference: str
     idempotency_key: str
+    payment: Payment | None = attrs.field(default=None, eq=False, repr=False)
+    """The payment as saved with the request, so recording the outcome needs no reload."""
 
     def request(self) -> dict[str, Any]:
         """Keyword arguments of ``KlarnaClient.authorize``."""
@@ -148,6 +150,7 @@ def record_intent(app: Payments, payment_id: UUID) -> Intent:
         amount=payment.amount,
         reference=payment.reference,
         idempotency_key=key,
+        payment=payment,
     )
 
 
@@ -181,6 +184,7 @@ def resume_intent(app: Payments, payment: Payment) -> Intent:
         amount=payment.amount,
         reference=payment.reference,
         idempotency_key=payment.idempotency_key,
+        payment=payment,
     )
 
 
@@ -198,8 +202,8 @@ def record_outcome(
     cause: str,
 ) -> AuthorizationOutcome:
     """Record what Klarna answered (or the failure) on the payment."""
+    payment = intent.payment if intent.payment is not None else app.get(intent.payment_id)
     for _ in range(3):
-        payment = app.get(intent.payment_id)
         if payment.state is not PaymentState.AUTHORIZING or (
             payment.idempotency_key != intent.idempotency_key
         ):
@@ -208,6 +212,7 @@ def record_outcome(
         try:
             app.save_payment(payment)
         except ConcurrentModification:
+            payment = app.get(intent.payment_id)  # someone else wrote: look again
             continue
         return outcome_of(payment, error)
     return outcome_of(app.get(intent.payment_id), error)
