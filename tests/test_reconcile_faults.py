@@ -1,0 +1,364 @@
+"""Every way an authorize call can fail, and how ``reconcile`` finishes the job.
+
+For each point of failure the payment ends final (``AUTHORIZED``), either via
+``reconcile`` re-sending the recorded idempotency key or, after a failure that
+proves Klarna did not act, via a new ``authorize``; and Klarna (the fake) holds
+at most one transaction for the payment's reference. The last tests kill a
+real process with SIGKILL between recording the request and recording the
+outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+import attrs
+import httpx
+import pytest
+
+from klarna_flow import (
+    Flow,
+    InvalidInput,
+    KlarnaServerError,
+    Payment,
+    Payments,
+    PaymentState,
+    TokenCipher,
+    generate_key,
+)
+from klarna_flow._authorization import OutcomeResult
+from klarna_flow.klarna import KlarnaClient
+from klarna_flow.testing import FakeKlarna, ManualClock, serve_fake
+from tests import _flow_helpers
+from tests._flow_helpers import (
+    AMOUNT,
+    API_KEY,
+    CURRENCY,
+    RETRY,
+    Kit,
+    MakePayments,
+    event_names,
+    open_kit,
+)
+
+S = PaymentState
+R = OutcomeResult
+PAST_DEFAULT_AGE = timedelta(minutes=6)  # reconcile's default older_than is 5 minutes
+
+
+@pytest.fixture
+def kit(make_payments: MakePayments, clock: ManualClock) -> Iterator[Kit]:
+    with open_kit(make_payments, clock) as kit:
+        yield kit
+
+
+def _times(n: int, script: Callable[[FakeKlarna], None]) -> Callable[[FakeKlarna], None]:
+    def run(fake: FakeKlarna) -> None:
+        for _ in range(n):
+            script(fake)
+
+    return run
+
+
+@attrs.frozen
+class Fault:
+    """A scripted failure of the first authorize and what ``authorize`` returns."""
+
+    name: str
+    script: Callable[[FakeKlarna], None]
+    first: OutcomeResult
+    processed: bool  # Klarna created the transaction during the first authorize
+
+
+ATTEMPTS = RETRY.max_attempts
+FAULTS = [
+    Fault("5xx-exhausting-retries", lambda f: f.fail_next(500, times=ATTEMPTS), R.PENDING, False),
+    Fault("503-exhausting-retries", lambda f: f.fail_next(503, times=ATTEMPTS), R.PENDING, False),
+    Fault("429-exhausting-retries", lambda f: f.fail_next(429, times=ATTEMPTS), R.FAILED, False),
+    Fault("409-conflict", lambda f: f.fail_next(409), R.FAILED, False),
+    Fault(
+        "timeout-after-klarna-acted",
+        _times(ATTEMPTS, lambda f: f.timeout_next(after_processing=True)),
+        R.PENDING,
+        True,
+    ),
+    Fault(
+        "timeout-before-klarna-acted",
+        _times(ATTEMPTS, lambda f: f.timeout_next(after_processing=False)),
+        R.PENDING,
+        False,
+    ),
+    Fault(
+        "dropped-before-klarna-acted",
+        _times(ATTEMPTS, lambda f: f.drop_next()),
+        R.PENDING,
+        False,
+    ),
+    Fault(
+        "dropped-after-klarna-acted",
+        _times(ATTEMPTS, lambda f: f.drop_next(after_processing=True)),
+        R.PENDING,
+        True,
+    ),
+    Fault(
+        "unreadable-answer",
+        lambda f: f.respond_next(200, b"<html>gateway</html>"),  # not retried
+        R.PENDING,
+        False,
+    ),
+    # Transient failures that the client's own retry (same key) absorbs.
+    Fault("5xx-once", lambda f: f.fail_next(500), R.APPROVED, True),
+    Fault("429-once", lambda f: f.fail_next(429, retry_after=0), R.APPROVED, True),
+    Fault(
+        "timeout-once-after-klarna-acted",
+        lambda f: f.timeout_next(after_processing=True),
+        R.APPROVED,
+        True,
+    ),
+    Fault("dropped-once", lambda f: f.drop_next(), R.APPROVED, True),
+]
+
+
+def requested_keys(kit: Kit, payment_id: UUID) -> list[str]:
+    return [
+        e.idempotency_key
+        for e in kit.events(payment_id)
+        if isinstance(e, Payment.AuthorizationRequested)
+    ]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.name)
+def test_every_fault_ends_final_with_at_most_one_transaction(kit: Kit, fault: Fault) -> None:
+    created = kit.completed(Flow.AUTHORIZATION)
+    fault.script(kit.fake)
+
+    first = kit.payments.authorize(created.payment_id)
+
+    assert first.result is fault.first
+    assert len(kit.fake.transactions_for(created.reference)) == int(fault.processed)
+    if first.result is R.PENDING:  # unknown whether Klarna acted: left for reconcile
+        assert first.state is S.AUTHORIZING
+        assert first.error is not None
+        assert set(kit.sent_keys()) == {first.idempotency_key}  # every retry, same key
+    if first.result is R.FAILED:  # Klarna refused without acting: open again
+        assert first.state is S.COMPLETED
+        assert first.error is not None
+
+    kit.clock.advance(PAST_DEFAULT_AGE)
+    reconciled = kit.payments.reconcile()
+
+    if first.result is R.PENDING:
+        [outcome] = reconciled
+        assert outcome.result is R.APPROVED
+        assert outcome.idempotency_key == first.idempotency_key
+        assert kit.events(created.payment_id)[-1].cause == "command:reconcile"
+    else:
+        assert reconciled == []
+    if first.result is R.FAILED:
+        second = kit.payments.authorize(created.payment_id)
+        assert second.result is R.APPROVED
+        assert second.idempotency_key != first.idempotency_key
+    payment = kit.payments.get(created.payment_id)
+    [transaction] = kit.fake.transactions_for(created.reference)
+    assert payment.state is S.AUTHORIZED
+    assert payment.payment_transaction_id == transaction.payment_transaction_id
+    assert set(kit.sent_keys()) == set(requested_keys(kit, created.payment_id))
+    assert kit.payments.reconcile(older_than=timedelta(0)) == []
+
+
+def test_reconcile_leaves_recent_requests_alone(kit: Kit) -> None:
+    created = kit.completed()
+    kit.fake.fail_next(500, times=ATTEMPTS)
+    kit.payments.authorize(created.payment_id)
+    sent = len(kit.fake.requests)
+
+    assert kit.payments.reconcile() == []
+    kit.clock.advance(timedelta(minutes=4))
+    assert kit.payments.reconcile() == []
+    assert len(kit.fake.requests) == sent
+    [outcome] = kit.payments.reconcile(older_than=timedelta(minutes=4))
+    assert outcome.result is R.APPROVED
+
+
+def test_reconcile_while_klarna_is_still_down_stays_pending(kit: Kit) -> None:
+    created = kit.completed()
+    kit.fake.fail_next(503, times=2 * ATTEMPTS)
+    kit.payments.authorize(created.payment_id)
+
+    [still] = kit.payments.reconcile(older_than=timedelta(0))
+    assert (still.result, still.state) == (R.PENDING, S.AUTHORIZING)
+    assert isinstance(still.error, KlarnaServerError)
+    [done] = kit.payments.reconcile(older_than=timedelta(0))
+
+    assert done.result is R.APPROVED
+    assert len(kit.fake.transactions) == 1
+    assert set(kit.sent_keys()) == {done.idempotency_key}
+    assert event_names(kit.payments, created.payment_id).count("AuthorizationRequested") == 1
+
+
+def test_reconcile_resolves_many_payments_and_skips_others(kit: Kit) -> None:
+    pending = [kit.completed() for _ in range(4)]
+    for created in pending:
+        kit.fake.timeout_next(after_processing=True)
+        kit.fake.timeout_next(after_processing=True)
+        kit.fake.timeout_next(after_processing=True)
+        assert kit.payments.authorize(created.payment_id).result is R.PENDING
+    approved = kit.completed()
+    kit.payments.authorize(approved.payment_id)
+    waiting = kit.completed()
+
+    outcomes = kit.payments.reconcile(older_than=timedelta(0))
+
+    assert sorted(o.payment_id for o in outcomes) == sorted(c.payment_id for c in pending)
+    assert {o.result for o in outcomes} == {R.APPROVED}
+    for created in [*pending, approved]:
+        assert len(kit.fake.transactions_for(created.reference)) == 1
+    assert kit.payments.get(waiting.payment_id).state is S.COMPLETED
+    assert kit.payments.counts_by_state() == {"AUTHORIZED": 5, "COMPLETED": 1}
+
+
+def test_reconcile_refuses_a_negative_age(kit: Kit) -> None:
+    with pytest.raises(InvalidInput):
+        kit.payments.reconcile(older_than=timedelta(seconds=-1))
+
+
+# -- a real crash: SIGKILL between the recorded request and the outcome ---------
+
+
+class HoldFirstRequest:
+    """In front of the fake: holds the first request until the test says what happens.
+
+    Once released, the held request is either lost unprocessed or processed
+    by the fake with its answer lost (the caller is dead by then anyway).
+    Every later request goes straight to the fake.
+    """
+
+    def __init__(self, fake: FakeKlarna) -> None:
+        self.fake = fake
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
+        self.process_it = False
+        self.held_key: str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            first, self.held_key = self.held_key is None, self.held_key or "?"
+        if not first:
+            return self.fake(request)
+        self.held_key = request.headers["Klarna-Idempotency-Key"]
+        self.arrived.set()
+        self.release.wait(timeout=60)
+        try:
+            if self.process_it:
+                self.fake(request)
+        finally:
+            self.finished.set()
+        raise httpx.RemoteProtocolError("the caller was killed", request=request)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+@pytest.mark.parametrize("klarna_acted", [False, True], ids=["before-klarna-acted", "after"])
+def test_a_process_killed_mid_call_is_reconciled_to_one_transaction(
+    tmp_path: Path, klarna_acted: bool
+) -> None:
+    key = generate_key()
+    db = tmp_path / "payments.sqlite"
+    fake = FakeKlarna()
+    gate = HoldFirstRequest(fake)
+    with (
+        serve_fake(gate) as server,
+        KlarnaClient(API_KEY, base_url=server.base_url, retry=RETRY) as client,
+    ):
+        payments = Payments.sqlite(
+            db, cipher=TokenCipher(key), klarna=client, partner_account_id=fake.partner_account_id
+        )
+        try:
+            request_id = fake.create_payment_request(amount=AMOUNT, currency=CURRENCY)
+            payment_id = payments.create(
+                flow=Flow.AUTHORIZATION,
+                amount=AMOUNT,
+                currency=CURRENCY,
+                reference="crash-1",
+                payment_request_id=request_id,
+            )
+            done = fake.complete_payment_request(request_id)
+            payments.complete(payment_id, session_token=done.session_token)
+
+            _kill_while_in_flight(
+                gate,
+                db=db,
+                base_url=server.base_url,
+                payment_id=payment_id,
+                key=key,
+                payments=payments,
+            )
+
+            gate.process_it = klarna_acted
+            gate.release.set()
+            assert gate.finished.wait(timeout=30)
+            assert len(fake.transactions_for("crash-1")) == int(klarna_acted)
+            [outcome] = payments.reconcile(older_than=timedelta(0))
+        finally:
+            gate.release.set()
+            payments.close()
+
+    assert outcome.result is R.APPROVED
+    assert outcome.idempotency_key == gate.held_key  # the same key the dead process sent
+    [transaction] = fake.transactions_for("crash-1")
+    assert outcome.payment_transaction_id == transaction.payment_transaction_id
+    reopened = Payments.sqlite(db, cipher=TokenCipher(key))
+    try:
+        assert reopened.get(payment_id).state is S.AUTHORIZED
+        assert event_names(reopened, payment_id) == [
+            "PaymentCreated",
+            "PurchaseCompleted",
+            "AuthorizationRequested",
+            "AuthorizationApproved",
+        ]
+    finally:
+        reopened.close()
+
+
+def _kill_while_in_flight(
+    gate: HoldFirstRequest,
+    *,
+    db: Path,
+    base_url: str,
+    payment_id: UUID,
+    key: str,
+    payments: Payments,
+) -> None:
+    """Start the child, wait for its call to be in flight, SIGKILL it."""
+    child = subprocess.Popen(
+        [sys.executable, _flow_helpers.__file__, str(db), base_url, str(payment_id)],
+        env={**os.environ, "KLARNA_FLOW_CIPHER_KEY": key},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not gate.arrived.wait(timeout=0.05):
+            if child.poll() is not None or time.monotonic() > deadline:
+                child.kill()
+                _, err = child.communicate(timeout=30)
+                pytest.fail(f"the child never called Klarna:\n{err.decode(errors='replace')}")
+        # The intent is in the file, the call is in flight: crash now.
+        assert payments.get(payment_id).state is S.AUTHORIZING
+        os.kill(child.pid, signal.SIGKILL)
+        child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:  # pragma: no cover - only when an assert failed
+            child.kill()
+            child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
