@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import EventSourcingError
 from eventsourcing.persistence import (
     ApplicationRecorder,
@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
     Mapper,
     PersistenceError,
     RecordConflictError,
+    Recording,
     Transcoding,
 )
 from eventsourcing.popo import POPOFactory
@@ -209,6 +210,16 @@ class Payments(Application[UUID]):
         assert isinstance(self.mapper, ChainedMapper)
         self.mapper.recorder = recorder
         return recorder
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        assert isinstance(self.mapper, ChainedMapper)
+        try:
+            recordings = super()._record(processing_event)
+        except BaseException:
+            self.mapper.discard()
+            raise
+        self.mapper.settle(r.notification for r in recordings)
+        return recordings
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -619,6 +630,53 @@ class Payments(Application[UUID]):
         if not events:
             raise PaymentNotFound(payment_id)
         yield from events  # type: ignore[misc]
+
+    # -- audit ---------------------------------------------------------------
+    # klarna_flow._audit builds on Payments, so it is imported where it is used;
+    # type checkers read it here.
+    from typing import TYPE_CHECKING  # noqa: PLC0415  (this block's own import)
+
+    if TYPE_CHECKING:
+        from klarna_flow import _audit  # noqa: PLC0415  (_audit imports this module)
+    del TYPE_CHECKING
+
+    def audit_log(self) -> _audit.AuditLog:
+        """Audit access to this application's store (see :class:`AuditLog`)."""
+        from klarna_flow._audit import AuditLog  # noqa: PLC0415  (see above)
+
+        return AuditLog(self)
+
+    def audit_trail(self, payment_id: UUID) -> list[_audit.AuditEntry]:
+        """Every event of the payment, oldest first: time, event, states, cause, details.
+
+        Read from the stored records alone (no key needed); secrets are masked.
+
+        Raises:
+            PaymentNotFound: no event is stored for this id.
+        """
+        return self.audit_log().trail(payment_id)
+
+    def export_audit(
+        self,
+        out: _audit.TextOut,
+        payment_id: UUID | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> int:
+        """Write the audit trail of one payment, or of all, as JSON Lines; returns the count."""
+        return self.audit_log().export(out, payment_id, progress=progress)
+
+    def verify(
+        self, payment_id: UUID | None = None, *, progress: Progress | None = None
+    ) -> _audit.VerificationReport:
+        """Check the stored records' hash chain (one payment, or the whole log).
+
+        Returns:
+            A report naming the first payment and version that was altered,
+            is missing, reordered, unreadable or truncated; ``report.ok`` when
+            there is none.
+        """
+        return self.audit_log().verify(payment_id, progress=progress)
 
 
 def _project(events: list[Any]) -> Payment:

@@ -9,12 +9,15 @@ digest covers the bytes as stored (secrets are already sealed there), so
 checking the chain needs no key and never decodes an event. Writing costs one
 hash per event; the previous digest comes from the load that preceded every
 command (kept in a small cache), or from one indexed read when it is not there.
+The cache learns a written digest only once its insert succeeded, so a save
+that lost a race never poisons the chain of the one that won.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
@@ -63,12 +66,13 @@ class ChainedMapper(Mapper[UUID]):
         self.recorder: AggregateRecorder | None = None
         self._heads: dict[UUID | str, tuple[int, bytes]] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()  # digests mapped by this thread, not yet saved
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         plain = super().to_stored_event(domain_event)
         oid, version = plain.originator_id, plain.originator_version
         digest = link(self._head_before(oid, version), oid, version, plain.topic, plain.state)
-        self._remember(oid, version, digest)
+        self._unsaved()[oid] = (version, digest)
         return StoredEvent(oid, version, plain.topic, digest + plain.state)
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
@@ -89,6 +93,22 @@ class ChainedMapper(Mapper[UUID]):
             )
         )
 
+    def _unsaved(self) -> dict[UUID | str, tuple[int, bytes]]:
+        heads: dict[UUID | str, tuple[int, bytes]] | None = getattr(self._local, "heads", None)
+        if heads is None:
+            heads = self._local.heads = {}
+        return heads
+
+    def settle(self, saved: Iterable[StoredEvent]) -> None:
+        """Learn the digests of records whose insert succeeded."""
+        for record in saved:
+            self._remember(record.originator_id, record.originator_version, split(record.state)[0])
+        self._unsaved().clear()
+
+    def discard(self) -> None:
+        """Forget digests mapped for an insert that failed."""
+        self._unsaved().clear()
+
     def _remember(self, oid: UUID | str, version: int, digest: bytes) -> None:
         with self._lock:
             if len(self._heads) >= _CACHE_LIMIT:
@@ -98,6 +118,9 @@ class ChainedMapper(Mapper[UUID]):
     def _head_before(self, oid: UUID | str, version: int) -> bytes:
         if version == 1:
             return self.genesis
+        unsaved = self._unsaved().get(oid)  # an earlier event of the same save
+        if unsaved is not None and unsaved[0] == version - 1:
+            return unsaved[1]
         cached = self._heads.get(oid)
         if cached is not None and cached[0] == version - 1:
             return cached[1]

@@ -315,12 +315,6 @@ def test_the_chain_continues_across_application_instances(
     assert broken_links(second, pid) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_chain.py ChainedMapper.to_stored_event caches the new head before the insert "
-    "succeeds: a conflicting save overwrites the winner's digest in the cache, and the "
-    "winner's next event links to the loser's digest",
-)
 def test_a_refused_concurrent_save_leaves_the_chain_intact(
     payments: Payments, session_token: str
 ) -> None:
