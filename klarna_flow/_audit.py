@@ -1,0 +1,362 @@
+"""Audit trails and exports, read from the stored events alone.
+
+An :class:`AuditEntry` is built from a stored record's bytes, never from a
+decoded domain event: the payload is JSON that klarna_flow keeps readable (only
+token fields are sealed), so a trail needs no cipher key and no event classes.
+Secrets never leave this module in clear: a sealed value shows only the id of
+the key that sealed it, any field whose name contains ``token`` is masked, and
+a token-shaped KRN inside any other text is masked too.
+
+:class:`AuditLog` is the read side an auditor is given. ``AuditLog.open(db)``
+opens a store with no cipher key through a ``Payments`` that refuses every
+write (commands raise :class:`ConfigurationError`), so handing someone audit
+access never lets them record an event, least of all one with a token in clear.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import IO, Any
+from uuid import UUID
+
+import attrs
+from eventsourcing.persistence import Recording
+
+from klarna_flow._application import Payments, _storage_errors
+from klarna_flow._chain import DIGEST_SIZE, genesis
+from klarna_flow._cipher import TokenCipher
+from klarna_flow._errors import ConfigurationError, InvalidInput, PaymentNotFound, StorageError
+from klarna_flow._lifecycle import PaymentState
+from klarna_flow._payment import EVENT_STATES, Payment
+from klarna_flow._projections import Progress
+from klarna_flow._sealed import PLAINTEXT_KEY_ID, SealedSecret
+from klarna_flow._secrets import MASK, mask
+from klarna_flow._verify import ChainVerifier, VerificationReport
+
+__all__ = ["AuditEntry", "AuditLog", "TextOut", "VerificationReport", "read_entry"]
+
+TextOut = IO[str]
+"""Where an export is written: any text stream (a file, ``sys.stdout``, ``StringIO``)."""
+
+PAGE_SIZE = 1000
+"""Notifications read per query when streaming the whole log."""
+
+_OWN_FIELDS = frozenset({"timestamp", "originator_topic", "cause", "correlation_id"})
+_TOKEN_KRN = re.compile(r"(krn:[^\s\"',;]*?token:)[^\s\"',;)]+")
+
+
+@attrs.frozen
+class AuditEntry:
+    """One recorded event of one payment, as an auditor reads it.
+
+    Attributes:
+        payment_id: the payment.
+        version: the event's position in the payment's history (1 = created).
+        recorded_at: when it was recorded (the application's clock, UTC).
+        event: the event's name, e.g. ``AuthorizationApproved``.
+        state_before: the payment's state before it (None for the first event).
+        state_after: the state it left the payment in; None when unchanged.
+        cause_kind: ``command`` or ``notification``.
+        cause: the command's name, or the notification's ``event_id``.
+        correlation_id: Klarna's correlation id, for events answering a call.
+        details: the event's other fields, JSON-safe, secrets masked.
+    """
+
+    payment_id: UUID
+    version: int
+    recorded_at: datetime
+    event: str
+    state_before: PaymentState | None
+    state_after: PaymentState | None
+    cause_kind: str
+    cause: str
+    correlation_id: str | None = None
+    details: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as JSON-safe values (one line of an export)."""
+        return {
+            "payment_id": str(self.payment_id),
+            "version": self.version,
+            "recorded_at": self.recorded_at.isoformat(),
+            "event": self.event,
+            "state_before": _value(self.state_before),
+            "state_after": _value(self.state_after),
+            "cause_kind": self.cause_kind,
+            "cause": self.cause,
+            "correlation_id": self.correlation_id,
+            "details": dict(self.details),
+        }
+
+
+def _value(state: PaymentState | None) -> str | None:
+    return None if state is None else state.value
+
+
+# -- reading one stored record ------------------------------------------------
+
+
+def read_entry(
+    payment_id: UUID,
+    version: int,
+    topic: str,
+    state: bytes,
+    state_before: PaymentState | None,
+) -> AuditEntry:
+    """The audit entry of one stored record (``digest || JSON payload``).
+
+    Raises:
+        StorageError: the record is not readable JSON (``verify`` says more).
+    """
+    try:
+        fields = json.loads(bytes(state[DIGEST_SIZE:]))
+        recorded_at = datetime.fromisoformat(_data(fields["timestamp"]))
+    except (TypeError, ValueError, KeyError) as e:
+        msg = f"stored event {version} of payment {payment_id} is unreadable; run verify"
+        raise StorageError(msg) from e
+    name = topic[max(topic.rfind("."), topic.rfind(":")) + 1 :]
+    kind, _, cause = str(fields.get("cause") or "").partition(":")
+    correlation_id = fields.get("correlation_id")
+    return AuditEntry(
+        payment_id=payment_id,
+        version=version,
+        recorded_at=recorded_at,
+        event=name,
+        state_before=state_before,
+        state_after=EVENT_STATES.get(name),
+        cause_kind=kind if cause else "unknown",
+        cause=cause if cause else kind,
+        correlation_id=correlation_id if isinstance(correlation_id, str) else None,
+        details={
+            k: _plain(v, secret=_is_secret(k)) for k, v in fields.items() if k not in _OWN_FIELDS
+        },
+    )
+
+
+def _data(value: Any) -> Any:
+    return value["_data_"] if isinstance(value, dict) else value
+
+
+def _is_secret(name: str) -> bool:
+    return "token" in name.lower()
+
+
+def _plain(value: Any, *, secret: bool) -> Any:
+    """A transcoded JSON value made plain and safe to show."""
+    if isinstance(value, dict):
+        if "_type_" in value and "_data_" in value:
+            return _typed(str(value["_type_"]), value["_data_"], secret=secret)
+        return {str(k): _plain(v, secret=secret or _is_secret(str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, secret=secret) for v in value]
+    if isinstance(value, str):
+        return mask(value) if secret else _mask_token_krns(value)
+    if secret and value is not None:
+        return MASK
+    return value
+
+
+def _typed(kind: str, data: Any, *, secret: bool) -> Any:
+    if kind == "sealed_secret":
+        key = data.get("k") if isinstance(data, dict) else None
+        if key == PLAINTEXT_KEY_ID:
+            return f"{MASK} (stored unencrypted)"
+        return f"{MASK} (key {key})" if isinstance(key, str) else MASK
+    if kind == "uuid_hex" and isinstance(data, str) and not secret:
+        return str(UUID(data))
+    return _plain(data, secret=secret)
+
+
+def _mask_token_krns(text: str) -> str:
+    """Mask any token-shaped KRN inside free text (e.g. an error message)."""
+    return _TOKEN_KRN.sub(rf"\1{MASK}", text) if "token:" in text else text
+
+
+def sealed_view(value: SealedSecret | None) -> str | None:
+    """How a sealed token is shown: the key that sealed it, never the token."""
+    if value is None:
+        return None
+    return str(_typed("sealed_secret", {"k": value.key_id}, secret=True))
+
+
+# -- trails and exports ------------------------------------------------------------
+
+
+def entries(records: Iterable[tuple[UUID, int, str, bytes]]) -> Iterator[AuditEntry]:
+    """Audit entries of one payment's records, oldest first."""
+    state: PaymentState | None = None
+    for oid, version, topic, stored in records:
+        entry = read_entry(oid, version, topic, stored, state)
+        state = entry.state_after or state
+        yield entry
+
+
+class AuditLog:
+    """What an auditor reads: trails, a JSON Lines export, and chain verification.
+
+    Args:
+        payments: the application whose store is read. Nothing is decoded
+            with its cipher and nothing is written through it.
+
+    ``AuditLog.open(db)`` gives the same over a store opened with no key.
+    """
+
+    def __init__(self, payments: Payments) -> None:
+        self.payments = payments
+
+    @classmethod
+    def open(cls, db: str | os.PathLike[str], **kwargs: Any) -> AuditLog:
+        """Open a SQLite file or PostgreSQL URL for auditing; needs no cipher key.
+
+        ``log.payments`` is a ``Payments`` that reads (``get``, ``state_at``,
+        ``read_model``, ``rebuild_read_models``...) but records nothing: every
+        command raises :class:`ConfigurationError`.
+
+        Raises:
+            InvalidInput: ``db`` names an SQLite file that does not exist.
+            StorageError: the store cannot be opened.
+        """
+        text = os.fspath(db)
+        if not text.startswith(("postgres://", "postgresql://")) and not os.path.exists(text):
+            raise InvalidInput("db", f"no event store at {text}")
+        return cls(_ReadOnlyPayments.open(text, cipher=_NO_KEY, **kwargs))
+
+    def trail(self, payment_id: UUID) -> list[AuditEntry]:
+        """Every event of the payment, oldest first, with secrets masked.
+
+        Raises:
+            PaymentNotFound: no event is stored for this id.
+            StorageError: the store failed, or a record is unreadable.
+        """
+        if not isinstance(payment_id, UUID):
+            raise InvalidInput("payment_id", f"must be a UUID, not {type(payment_id).__name__}")
+        with _storage_errors():
+            records = self.payments.recorder.select_events(payment_id)
+        if not records:
+            raise PaymentNotFound(payment_id)
+        return list(
+            entries(
+                (_uuid(r.originator_id), r.originator_version, r.topic, r.state) for r in records
+            )
+        )
+
+    def export(
+        self,
+        out: TextOut,
+        payment_id: UUID | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> int:
+        """Write the audit trail as JSON Lines, one entry per line; returns the count.
+
+        One payment's trail, or the whole log in recorded order, streamed a
+        page at a time (memory holds one page and each payment's last state).
+        """
+        if payment_id is not None:
+            written = 0
+            for entry in self.trail(payment_id):
+                out.write(_line(entry))
+                written += 1
+            return written
+        return self._export_log(out, progress)
+
+    def _export_log(self, out: TextOut, progress: Progress | None) -> int:
+        recorder = self.payments.recorder
+        states: dict[UUID, PaymentState] = {}
+        written = 0
+        with _storage_errors():
+            total = (recorder.max_notification_id() or 0) if progress else 0
+            start = 1
+            while page := recorder.select_notifications(start=start, limit=PAGE_SIZE):
+                for n in page:
+                    oid = _uuid(n.originator_id)
+                    entry = read_entry(oid, n.originator_version, n.topic, n.state, states.get(oid))
+                    if entry.state_after is not None:
+                        states[oid] = entry.state_after
+                    out.write(_line(entry))
+                written += len(page)
+                start = page[-1].id + 1
+                if progress:
+                    progress(page[-1].id, total)
+        return written
+
+    def verify(
+        self, payment_id: UUID | None = None, *, progress: Progress | None = None
+    ) -> VerificationReport:
+        """Check the hash chain of one payment, or of the whole log.
+
+        Recomputes every digest over the stored bytes (no key, no decoding),
+        and compares each payment's last version with the payment index to
+        notice a deleted last event.
+
+        Raises:
+            PaymentNotFound: ``payment_id`` is given and nothing is known of it.
+        """
+        app = self.payments
+        verifier = ChainVerifier(app.recorder, genesis(app.name), app.index.store)
+        with _storage_errors():
+            if payment_id is None:
+                return verifier.log(progress=progress)
+            if not isinstance(payment_id, UUID):
+                raise InvalidInput("payment_id", "must be a UUID")
+            return verifier.payment(payment_id)
+
+    def state_at(
+        self, payment_id: UUID, *, version: int | None = None, at: datetime | None = None
+    ) -> Payment:
+        """The payment as it stood at ``version`` or ``at`` (see ``Payments.state_at``)."""
+        return self.payments.state_at(payment_id, version=version, at=at)
+
+    def close(self) -> None:
+        self.payments.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _line(entry: AuditEntry) -> str:
+    return json.dumps(entry.as_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def _uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)
+
+
+# -- keyless, write-refusing access -------------------------------------------------
+
+_READ_ONLY = (
+    "this store was opened for auditing (no cipher key): it records nothing; "
+    "open it with Payments and a key to run commands"
+)
+
+# A cipher is required to construct Payments on a durable store. This one holds
+# no key and is never used to seal: _ReadOnlyPayments refuses to seal and to save.
+_NO_KEY = TokenCipher(None, plaintext=True)
+
+
+class _ReadOnlyPayments(Payments):
+    """A ``Payments`` that reads and never records (no save, no seal, no unseal)."""
+
+    name = Payments.name  # same tables, same chain genesis as the writer's
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        raise ConfigurationError(_READ_ONLY)
+
+    def seal(self, payment_id: UUID, field: str, token: str) -> SealedSecret:
+        raise ConfigurationError(_READ_ONLY)
+
+    def unseal(self, payment_id: UUID, field: str, sealed: SealedSecret) -> str:
+        raise ConfigurationError(_READ_ONLY)
