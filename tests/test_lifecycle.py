@@ -284,33 +284,21 @@ def test_complete_with_fitting_tokens(driver: Driver, flow: Flow) -> None:
     assert driver.customer_token not in repr(loaded)
 
 
-# (flow, give session token?, give customer token?) that do not fit the flow
-UNFITTING = [
-    (Flow.AUTHORIZATION, False, False),
-    (Flow.AUTHORIZATION, False, True),
-    (Flow.AUTHORIZATION, True, True),
-    (Flow.TOKENIZATION, False, False),
-    (Flow.TOKENIZATION, True, False),
-    (Flow.TOKENIZATION, True, True),
-    (Flow.AUTHORIZATION_AND_TOKENIZATION, False, False),
-    (Flow.AUTHORIZATION_AND_TOKENIZATION, True, False),
-    (Flow.AUTHORIZATION_AND_TOKENIZATION, False, True),
-]
-
-
-@pytest.mark.parametrize(("flow", "session", "customer"), UNFITTING)
-def test_complete_refuses_tokens_that_do_not_fit_the_flow(
-    driver: Driver, flow: Flow, session: bool, customer: bool
-) -> None:
+@pytest.mark.parametrize("flow", list(Flow))
+def test_complete_refuses_tokens_that_do_not_fit_the_flow(driver: Driver, flow: Flow) -> None:
     pid = driver.create(flow)
-    with refused(driver, pid, MissingToken, command="complete") as info:
-        driver.payments.complete(
-            pid,
-            session_token=driver.session_token if session else None,
-            customer_token=driver.customer_token if customer else None,
-        )
-    assert "token" in str(info.value)
-    assert info.value.state == "CREATED"
+    fitting = (flow.authorizes, flow.tokenizes)
+    for session, customer in itertools.product([False, True], repeat=2):
+        if (session, customer) == fitting:
+            continue
+        with refused(driver, pid, MissingToken, command="complete") as info:
+            driver.payments.complete(
+                pid,
+                session_token=driver.session_token if session else None,
+                customer_token=driver.customer_token if customer else None,
+            )
+        assert "token" in str(info.value)
+        assert info.value.state == "CREATED"
 
 
 # -- request_authorization: COMPLETED -> AUTHORIZING --------------------------
@@ -511,24 +499,27 @@ NOT_IN_TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("trigger", "source"), NOT_IN_TABLE)
+@pytest.mark.parametrize("source", STATES_REACHED)
 def test_triggers_outside_the_table_are_invalid_transitions(
-    driver: Driver, trigger: str, source: PaymentState
+    driver: Driver, source: PaymentState
 ) -> None:
+    # A refused command records nothing, so one payment serves every trigger.
     pid = driver.reach(source)
     driver.clock.advance(timedelta(days=1))  # time is never the reason here
-    with refused(driver, pid, InvalidTransition, command=trigger) as info:
-        driver.do(trigger, pid)
-    assert f"cannot {trigger}" in str(info.value)
-    assert source.value in str(info.value)
+    for trigger in (t for t, s in NOT_IN_TABLE if s is source):
+        with refused(driver, pid, InvalidTransition, command=trigger) as info:
+            driver.do(trigger, pid)
+        assert f"cannot {trigger}" in str(info.value)
+        assert source.value in str(info.value)
 
 
-@pytest.mark.parametrize("trigger", TRIGGERS)
-def test_a_completed_tokenization_payment_is_final(driver: Driver, trigger: str) -> None:
+def test_a_completed_tokenization_payment_is_final(driver: Driver) -> None:
     pid = driver.reach(S.COMPLETED, Flow.TOKENIZATION)
-    expected = WrongFlow if trigger == "request_authorization" else InvalidTransition
-    with refused(driver, pid, expected, command=trigger):
-        driver.do(trigger, pid)
+    driver.clock.advance(timedelta(days=1))
+    for trigger in TRIGGERS:
+        expected = WrongFlow if trigger == "request_authorization" else InvalidTransition
+        with refused(driver, pid, expected, command=trigger):
+            driver.do(trigger, pid)
 
 
 def test_not_in_table_covers_every_other_pair() -> None:
