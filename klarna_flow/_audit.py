@@ -19,15 +19,17 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import IO, Any
 from uuid import UUID
 
 import attrs
-from eventsourcing.persistence import Recording
+from eventsourcing.domain import EventSourcingError
+from eventsourcing.persistence import PersistenceError, Recording
 
-from klarna_flow._application import Payments, _storage_errors
+from klarna_flow._application import Payments
 from klarna_flow._chain import DIGEST_SIZE, genesis
 from klarna_flow._cipher import TokenCipher
 from klarna_flow._errors import ConfigurationError, InvalidInput, PaymentNotFound, StorageError
@@ -235,7 +237,7 @@ class AuditLog:
         """
         if not isinstance(payment_id, UUID):
             raise InvalidInput("payment_id", f"must be a UUID, not {type(payment_id).__name__}")
-        with _storage_errors():
+        with _read_errors():
             records = self.payments.recorder.select_events(payment_id)
         if not records:
             raise PaymentNotFound(payment_id)
@@ -269,7 +271,7 @@ class AuditLog:
         recorder = self.payments.recorder
         states: dict[UUID, PaymentState] = {}
         written = 0
-        with _storage_errors():
+        with _read_errors():
             total = (recorder.max_notification_id() or 0) if progress else 0
             start = 1
             while page := recorder.select_notifications(start=start, limit=PAGE_SIZE):
@@ -299,7 +301,7 @@ class AuditLog:
         """
         app = self.payments
         verifier = ChainVerifier(app.recorder, genesis(app.name), app.index.store)
-        with _storage_errors():
+        with _read_errors():
             if payment_id is None:
                 return verifier.log(progress=progress)
             if not isinstance(payment_id, UUID):
@@ -325,6 +327,24 @@ class AuditLog:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@contextmanager
+def _read_errors() -> Iterator[None]:
+    """Store failures as StorageError, without the driver's text.
+
+    A driver's message may quote the stored bytes it could not read (a
+    tampered record, or a token stored in clear under the plaintext opt-in),
+    so only the error's type is kept in the message; the cause is chained.
+    """
+    try:
+        yield
+    except (PersistenceError, EventSourcingError) as e:
+        msg = (
+            f"the event store could not be read ({type(e).__name__}); "
+            "a stored record may be damaged or tampered with"
+        )
+        raise StorageError(msg) from e
 
 
 def _line(entry: AuditEntry) -> str:
