@@ -1,0 +1,398 @@
+"""The ``klarna-flow`` command.
+
+::
+
+    klarna-flow demo                      every path of the lifecycle on a demo SQLite file
+    klarna-flow audit PAYMENT_ID          one payment's timeline
+    klarna-flow history PAYMENT_ID        the payment at --version N or --at TIME
+    klarna-flow export                    the audit trail as JSON Lines
+    klarna-flow verify                    check the hash chain of the stored events
+    klarna-flow replay                    rebuild the read models from the log
+    klarna-flow expire                    expire payments whose time ran out
+    klarna-flow reconcile                 resolve payments left AUTHORIZING
+    klarna-flow diagram                   the lifecycle as Mermaid or dot
+    klarna-flow fake-server               serve a FakeKlarna on loopback
+
+Every command takes ``--db`` (an SQLite path or a ``postgresql://`` URL;
+default ``klarna_flow_demo.sqlite``, or ``$KLARNA_FLOW_DB``). The read-only
+commands (audit, history, export, verify, replay) need no cipher key: they
+open the store through :meth:`AuditLog.open`, which records nothing. expire
+and reconcile need the key: ``--key-file``, ``$KLARNA_FLOW_CIPHER_KEY``, or
+the demo's ``<db>.key``.
+
+Exit codes: 0 success; 1 a finding or failure (verify found tampering, no
+such payment, the store or Klarna failed); 2 a usage error (bad arguments, no
+database, no key). Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+from typer.core import TyperGroup
+
+from klarna_flow import _cli_render as render
+from klarna_flow._application import Payments
+from klarna_flow._audit import AuditLog
+from klarna_flow._cipher import CIPHER_KEY_ENV, TokenCipher
+from klarna_flow._demo import is_postgres, key_file_for, run_demo
+from klarna_flow._errors import ConfigurationError, InvalidInput, KlarnaFlowError
+from klarna_flow._lifecycle import diagram as lifecycle_diagram
+from klarna_flow.klarna import TEST_BASE_URL, KlarnaClient
+from klarna_flow.testing import FakeKlarna, FakeKlarnaServer, run_fake_server
+
+__all__ = ["app", "main"]
+
+DEFAULT_DB = "klarna_flow_demo.sqlite"
+EXIT_FINDING = 1
+EXIT_USAGE = 2
+
+
+class _Group(TyperGroup):
+    """Turns klarna_flow's errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:  # a typer (vendored click) Context
+        try:
+            return super().invoke(ctx)
+        except (InvalidInput, ConfigurationError) as e:
+            _fail(e, EXIT_USAGE)
+        except KlarnaFlowError as e:
+            _fail(e, EXIT_FINDING)
+        except OSError as e:  # a file that cannot be read or written
+            _fail(e, EXIT_FINDING)
+
+
+def _fail(error: BaseException, code: int) -> None:
+    typer.echo(f"klarna-flow: error: {error}", err=True)
+    raise typer.Exit(code)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="klarna-flow",
+    help="Klarna's final-authorization step as an event-sourced, auditable state machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Db = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar="KLARNA_FLOW_DB",
+        help="SQLite file or postgresql://user:password@host:port/dbname URL.",
+        show_envvar=False,
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+PaymentArg = Annotated[UUID, typer.Argument(help="The payment's id (a UUID).", show_default=False)]
+KeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--key-file",
+        help=f"File holding the cipher key (default: ${CIPHER_KEY_ENV}, else <db>.key).",
+        show_default=False,
+    ),
+]
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@contextmanager
+def _audit_log(db: str) -> Iterator[AuditLog]:
+    log = AuditLog.open(db)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+@contextmanager
+def _payments(db: str, key_file: Path | None, **kwargs: Any) -> Iterator[Payments]:
+    """``Payments`` for commands that record events: these need the cipher key."""
+    if not is_postgres(db) and not os.path.exists(db):
+        raise InvalidInput("db", f"no event store at {db}")
+    payments = Payments.open(db, cipher=_cipher(db, key_file), **kwargs)
+    try:
+        yield payments
+    finally:
+        payments.close()
+
+
+def _cipher(db: str, key_file: Path | None) -> TokenCipher | None:
+    if key_file is None and not os.environ.get(CIPHER_KEY_ENV):
+        beside = key_file_for(db)
+        key_file = beside if not is_postgres(db) and beside.exists() else None
+    if key_file is None:
+        return None  # Payments reads $KLARNA_FLOW_CIPHER_KEY or says what is missing
+    try:
+        return TokenCipher(key_file.read_text(encoding="ascii").strip())
+    except (ConfigurationError, UnicodeDecodeError):
+        msg = f"{key_file} does not hold a cipher key (base64 of 32 random bytes)"
+        raise ConfigurationError(msg) from None
+
+
+# -- commands -------------------------------------------------------------------
+
+
+@app.command()
+def demo(db: Db = DEFAULT_DB, as_json: Json = False) -> None:
+    """Drive a payment down every path against a fake Klarna, then show the results.
+
+    Approved, declined, step-up, pure tokenization, pay-and-tokenize, canceled
+    and expired, recorded on --db (new references each run). The tokens are
+    sealed with a key kept beside the SQLite file (<db>.key, mode 0600).
+    """
+    result = run_demo(db)
+    if as_json:
+        _print_json(render.demo_view(result))
+        return
+    console = render.stdout()
+    summary, trail = render.demo_tables(result)
+    console.print(summary)
+    console.print(trail)
+    if result.trail:
+        pid = result.trail[0].payment_id
+        console.print(f"next: klarna-flow audit {pid} --db {db}   |   klarna-flow verify --db {db}")
+
+
+@app.command()
+def audit(payment_id: PaymentArg, db: Db = DEFAULT_DB, as_json: Json = False) -> None:
+    """Show one payment's timeline: every event, its cause, and the state it left.
+
+    Reads the stored events only; needs no cipher key; tokens are masked.
+    """
+    with _audit_log(db) as log:
+        entries = log.trail(payment_id)
+    if as_json:
+        _print_json([e.as_dict() for e in entries])
+    else:
+        render.stdout().print(render.audit_table(entries, title=f"payment {payment_id}"))
+
+
+def _instant(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        msg = f"{text!r} is not an ISO 8601 time (e.g. 2025-01-01T12:00:00Z)"
+        raise typer.BadParameter(msg, param_hint="--at") from None
+
+
+@app.command()
+def history(
+    payment_id: PaymentArg,
+    at: Annotated[
+        str | None, typer.Option("--at", help="ISO 8601 time with offset, e.g. 2025-01-01T12:00Z.")
+    ] = None,
+    version: Annotated[int | None, typer.Option("--version", min=1, help="Event number.")] = None,
+    db: Db = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Show the payment as it was at --version N or at a time (--at).
+
+    Rebuilt from its stored events; needs no cipher key.
+    """
+    if (at is None) == (version is None):
+        raise typer.BadParameter("give exactly one of --at or --version")
+    instant = None if at is None else _instant(at)
+    with _audit_log(db) as log:
+        payment = log.state_at(payment_id, version=version, at=instant)
+    view = render.payment_view(payment)
+    if as_json:
+        _print_json(view)
+    else:
+        when = f"version {version}" if version is not None else f"at {at}"
+        render.stdout().print(render.payment_table(view, title=f"payment {payment_id} {when}"))
+
+
+@app.command()
+def export(
+    payment: Annotated[
+        UUID | None, typer.Option("--payment", help="Only this payment (default: all).")
+    ] = None,
+    out: Annotated[str, typer.Option("--out", help="File to write, or - for stdout.")] = "-",
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Write the audit trail as JSON Lines: one event per line, tokens masked.
+
+    The whole log is streamed a page at a time; needs no cipher key.
+    """
+    with _audit_log(db) as log:
+        if out == "-":
+            log.export(sys.stdout, payment)
+            return
+        with (
+            Path(out).open("w", encoding="utf-8") as f,
+            render.progress_bar("exporting") as progress,
+        ):
+            count = log.export(f, payment, progress=progress)
+    render.stdout().print(f"{count} audit entries written to {out}")
+
+
+@app.command()
+def verify(
+    payment: Annotated[
+        UUID | None, typer.Option("--payment", help="Only this payment (default: all).")
+    ] = None,
+    db: Db = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Check the hash chain of the stored events; exit 1 if a record was tampered with.
+
+    Names the first payment and version that was altered, is missing,
+    reordered, unreadable or truncated. Needs no cipher key.
+    """
+    with _audit_log(db) as log, render.progress_bar("verifying") as progress:
+        report = log.verify(payment, progress=progress)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        console = render.stdout()
+        checked = f"{report.events_checked} events of {report.payments_checked} payments"
+        if report.ok:
+            console.print(f"OK: {checked} checked; the chain is intact")
+        else:
+            first = report.findings[0]
+            console.print(
+                f"TAMPERED: payment {first.payment_id} version {first.version}: "
+                f"{first.problem} ({checked} checked)"
+            )
+            console.print(render.report_table(report))
+    if not report.ok:
+        raise typer.Exit(EXIT_FINDING)
+
+
+@app.command()
+def replay(db: Db = DEFAULT_DB, as_json: Json = False) -> None:
+    """Rebuild the read models from the whole event log and show the counts.
+
+    Needs no cipher key (no event is recorded).
+    """
+    with _audit_log(db) as log:
+        with render.progress_bar("replaying") as progress:
+            replayed = log.payments.rebuild_read_models(progress=progress)
+        counts = log.payments.counts_by_state()
+    if as_json:
+        _print_json({"events_replayed": replayed, "counts": counts})
+    else:
+        console = render.stdout()
+        console.print(f"replayed {replayed} events")
+        console.print(render.counts_table(counts))
+
+
+@app.command()
+def expire(db: Db = DEFAULT_DB, key_file: KeyFile = None, as_json: Json = False) -> None:
+    """Expire every payment whose request lifetime or authorization window ran out."""
+    with _payments(db, key_file) as payments:
+        expired = payments.expire_overdue()
+    if as_json:
+        _print_json([str(i) for i in expired])
+    elif expired:
+        render.stdout().print(render.ids_table(f"{len(expired)} payment(s) expired", expired))
+    else:
+        render.stdout().print("nothing to expire")
+
+
+@app.command()
+def reconcile(
+    *,
+    older_than_minutes: Annotated[
+        float, typer.Option("--older-than-minutes", min=0, help="Only intents older than this.")
+    ] = 5.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", envvar="KLARNA_API_KEY", help="Klarna API key.", show_default=False
+        ),
+    ] = None,
+    base_url: Annotated[
+        str, typer.Option("--base-url", envvar="KLARNA_BASE_URL", help="Klarna API base URL.")
+    ] = TEST_BASE_URL,
+    db: Db = DEFAULT_DB,
+    key_file: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """Re-send authorizations left AUTHORIZING with their recorded idempotency keys.
+
+    Klarna answers with the original result, so no second transaction is made.
+    """
+    with (
+        KlarnaClient(api_key, base_url=base_url) as client,
+        _payments(db, key_file, klarna=client) as payments,
+    ):
+        outcomes = payments.reconcile(older_than=timedelta(minutes=older_than_minutes))
+    if as_json:
+        _print_json(
+            [
+                {
+                    "payment_id": str(o.payment_id),
+                    "result": o.result.value,
+                    "state": o.state.value,
+                    "payment_transaction_id": o.payment_transaction_id,
+                    "correlation_id": o.correlation_id,
+                }
+                for o in outcomes
+            ]
+        )
+    elif outcomes:
+        render.stdout().print(render.outcomes_table(outcomes))
+    else:
+        render.stdout().print("nothing to reconcile")
+
+
+class DiagramFormat(enum.StrEnum):
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+@app.command()
+def diagram(
+    fmt: Annotated[
+        DiagramFormat, typer.Option("--format", help="Mermaid or Graphviz dot.")
+    ] = DiagramFormat.mermaid,
+) -> None:
+    """Print the payment lifecycle (states, triggers, guards) as a diagram."""
+    typer.echo(lifecycle_diagram(fmt.value), nl=False)
+
+
+@app.command("fake-server")
+def fake_server(
+    host: Annotated[
+        str, typer.Option("--host", help="Loopback address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 picks a free port.")] = 0,
+) -> None:
+    """Serve a FakeKlarna on loopback until Ctrl-C (point a KlarnaClient's base_url at it)."""
+    fake = FakeKlarna()
+
+    def ready(server: FakeKlarnaServer) -> None:
+        typer.echo(
+            f"FakeKlarna listening on {server.base_url} "
+            f"(API key {fake.api_key!r}, partner account {fake.partner_account_id}); "
+            "Ctrl-C stops it"
+        )
+        sys.stdout.flush()
+
+    run_fake_server(fake, host, port, ready=ready)
+
+
+def main() -> None:
+    """Entry point of the ``klarna-flow`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
