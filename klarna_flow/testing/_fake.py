@@ -74,7 +74,9 @@ class FakeKlarna(Authorizer):
         signing_keys: key id -> secret for signing notifications; one random
             key under ``"fake-key-1"`` when None.
         latency: seconds each request waits before it is answered (real
-            time; on the loopback server only that request's thread waits).
+            time; on the loopback server only that request's thread waits;
+            in process under an async client it blocks the event loop, so
+            measure concurrency on loopback).
     """
 
     def __init__(
@@ -266,7 +268,11 @@ class FakeKlarna(Authorizer):
         self._queue(Scripted("drop", after_processing=after_processing))
 
     def timeout_next(self, *, after_processing: bool = True) -> None:
-        """Like :meth:`drop_next`, seen in process as ``httpx.ReadTimeout``."""
+        """Like :meth:`drop_next`, seen in process as ``httpx.ReadTimeout``.
+
+        On the loopback server the connection simply closes (as for a drop):
+        the client sees a transport error rather than a timeout.
+        """
         self._queue(Scripted("timeout", after_processing=after_processing))
 
     def _queue(self, scripted: Scripted) -> None:
