@@ -5,6 +5,8 @@ One import path for users: every public name is re-exported here, and
 """
 
 from klarna_flow._application import Payments
+from klarna_flow._audit import AuditEntry, AuditLog
+from klarna_flow._authorization import AuthorizationOutcome, OutcomeResult
 from klarna_flow._cipher import TokenCipher, generate_key
 from klarna_flow._clock import Clock, SystemClock
 from klarna_flow._errors import (
@@ -41,22 +43,39 @@ from klarna_flow._errors import (
 from klarna_flow._lifecycle import Flow, PaymentState, diagram
 from klarna_flow._payment import Payment
 from klarna_flow._sealed import SealedSecret
+from klarna_flow._verify import Finding, VerificationReport
+from klarna_flow._webhooks import NotificationResult
+from klarna_flow.klarna import (
+    AsyncKlarnaClient,
+    AuthorizationResponse,
+    AuthorizationResult,
+    KlarnaClient,
+    RetryPolicy,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncKlarnaClient",
+    "AuditEntry",
+    "AuditLog",
     "AuthorizationInProgress",
+    "AuthorizationOutcome",
+    "AuthorizationResponse",
+    "AuthorizationResult",
     "AuthorizationWindowElapsed",
     "Clock",
     "CommandRefused",
     "ConcurrentModification",
     "ConfigurationError",
+    "Finding",
     "Flow",
     "InvalidInput",
     "InvalidSignature",
     "InvalidTransition",
     "KlarnaAPIError",
     "KlarnaAuthenticationError",
+    "KlarnaClient",
     "KlarnaConflict",
     "KlarnaError",
     "KlarnaFlowError",
@@ -72,15 +91,19 @@ __all__ = [
     "NaiveDatetime",
     "NotYetExpired",
     "NotificationRejected",
+    "NotificationResult",
+    "OutcomeResult",
     "Payment",
     "PaymentNotFound",
     "PaymentState",
     "Payments",
     "ReferenceConflict",
+    "RetryPolicy",
     "SealedSecret",
     "StorageError",
     "SystemClock",
     "TokenCipher",
+    "VerificationReport",
     "WrongFlow",
     "__version__",
     "diagram",
