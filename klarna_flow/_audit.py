@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -226,7 +227,10 @@ class AuditLog:
         text = os.fspath(db)
         if not text.startswith(("postgres://", "postgresql://")) and not os.path.exists(text):
             raise InvalidInput("db", f"no event store at {text}")
-        return cls(_ReadOnlyPayments.open(text, cipher=_NO_KEY, **kwargs))
+        try:
+            return cls(_ReadOnlyPayments.open(text, cipher=_NO_KEY, **kwargs))
+        except sqlite3.Error as e:  # e.g. "file is not a database", from Payments' constructor
+            raise StorageError(f"cannot open the event store at {text}: {e}") from e
 
     def trail(self, payment_id: UUID) -> list[AuditEntry]:
         """Every event of the payment, oldest first, with secrets masked.

@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,7 +47,7 @@ from klarna_flow._application import Payments
 from klarna_flow._audit import AuditLog
 from klarna_flow._cipher import CIPHER_KEY_ENV, TokenCipher
 from klarna_flow._demo import is_postgres, key_file_for, run_demo
-from klarna_flow._errors import ConfigurationError, InvalidInput, KlarnaFlowError
+from klarna_flow._errors import ConfigurationError, InvalidInput, KlarnaFlowError, StorageError
 from klarna_flow._lifecycle import diagram as lifecycle_diagram
 from klarna_flow.klarna import TEST_BASE_URL, KlarnaClient
 from klarna_flow.testing import FakeKlarna, FakeKlarnaServer, run_fake_server
@@ -125,7 +126,10 @@ def _payments(db: str, key_file: Path | None, **kwargs: Any) -> Iterator[Payment
     """``Payments`` for commands that record events: these need the cipher key."""
     if not is_postgres(db) and not os.path.exists(db):
         raise InvalidInput("db", f"no event store at {db}")
-    payments = Payments.open(db, cipher=_cipher(db, key_file), **kwargs)
+    try:
+        payments = Payments.open(db, cipher=_cipher(db, key_file), **kwargs)
+    except sqlite3.Error as e:  # e.g. "file is not a database", from Payments' constructor
+        raise StorageError(f"cannot open the event store at {db}: {e}") from e
     try:
         yield payments
     finally:
