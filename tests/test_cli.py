@@ -1,0 +1,556 @@
+"""The ``klarna-flow`` command, driven the way a person (or a script) drives it.
+
+Every subcommand runs through Typer's ``CliRunner`` (``fake-server`` and the
+module entry point also as real processes): outputs, ``--json``, exit codes
+(0 success, 1 a finding or failure, 2 a usage error) and one-line errors.
+The read-only commands run with no cipher key anywhere: not in the
+environment, not beside the database.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+import pytest
+from typer.testing import CliRunner, Result
+
+from klarna_flow import Flow, Payments, PaymentState, TokenCipher, generate_key
+from klarna_flow._cli_render import progress_bar
+from klarna_flow.cli import app, main
+from klarna_flow.klarna import KlarnaClient, RetryPolicy
+from klarna_flow.testing import FakeKlarna, ManualClock, serve_fake
+
+NO_SECRETS_ENV: dict[str, str | None] = {
+    "KLARNA_FLOW_CIPHER_KEY": None,
+    "KLARNA_FLOW_OLD_CIPHER_KEYS": None,
+    "KLARNA_FLOW_ALLOW_PLAINTEXT": None,
+    "KLARNA_FLOW_DB": None,
+    "KLARNA_API_KEY": None,
+}
+COMMANDS = [
+    "demo",
+    "audit",
+    "history",
+    "export",
+    "verify",
+    "replay",
+    "expire",
+    "reconcile",
+    "diagram",
+    "fake-server",
+]
+WITH_DB = COMMANDS[:8]
+UNMASKED_TOKEN = re.compile(r"token:(?!\*\*\*\*)")
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env=NO_SECRETS_ENV)
+
+
+def ok(*args: str) -> Result:
+    result = run(*args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return result
+
+
+def as_json(*args: str) -> Any:
+    return json.loads(ok(*args, "--json").stdout)
+
+
+def assert_one_line_error(result: Result, code: int, *needles: str) -> None:
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    assert result.stderr.startswith("klarna-flow: error: ")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in result.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """A demo database whose key was taken away: read-only commands need none."""
+    folder = tmp_path_factory.mktemp("demo")
+    db = str(folder / "demo.sqlite")
+    result = json.loads(ok("demo", "--db", db, "--json").stdout)
+    Path(f"{db}.key").rename(folder / "key.moved-away")
+    return db, result
+
+
+def by_path(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["path"]: p for p in result["payments"]}
+
+
+# -- help ---------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command() -> None:
+    result = ok("--help")
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = ok(command, "--help")
+    assert "Usage" in result.stdout
+    assert ("--db" in result.stdout) == (command in WITH_DB)
+
+
+def test_no_command_shows_the_help() -> None:
+    result = run()
+    assert result.exit_code == 2
+    assert "Usage" in result.output
+
+
+def test_an_unknown_command_is_a_usage_error() -> None:
+    assert run("frobnicate").exit_code == 2
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+def test_demo_runs_twice_on_the_default_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = ok("demo")
+    key_file = tmp_path / "klarna_flow_demo.sqlite.key"
+    key = key_file.read_text()
+    second = ok("demo")
+
+    assert (tmp_path / "klarna_flow_demo.sqlite").exists()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text() == key  # reused, not replaced
+    for out in (first.stdout, second.stdout):
+        assert "AUTHORIZED" in out
+        assert "DECLINED" in out
+        assert "EXPIRED" in out
+        assert "CANCELED" in out
+        assert "StepUpRequired" in out
+        assert "notification:" in out
+        assert UNMASKED_TOKEN.search(out) is None
+    refs = [set(re.findall(r"demo-\S+-approved", out)) for out in (first.stdout, second.stdout)]
+    assert refs[0]
+    assert refs[1]
+    assert refs[0] != refs[1]
+    counts = as_json("replay")["counts"]
+    assert sum(counts.values()) == 14
+
+
+def test_demo_drives_every_path(demo_db: tuple[str, dict[str, Any]]) -> None:
+    _, result = demo_db
+    payments = by_path(result)
+    assert {path: p["state"] for path, p in payments.items()} == {
+        "approved": "AUTHORIZED",
+        "declined": "DECLINED",
+        "step-up": "AUTHORIZED",
+        "tokenization": "COMPLETED",
+        "pay-and-tokenize": "AUTHORIZED",
+        "canceled": "CANCELED",
+        "expired": "EXPIRED",
+    }
+    assert payments["tokenization"]["flow"] == "TOKENIZATION"
+    assert payments["pay-and-tokenize"]["flow"] == "AUTHORIZATION_AND_TOKENIZATION"
+    for path, p in payments.items():
+        assert (p["payment_transaction_id"] is not None) == (p["state"] == "AUTHORIZED"), path
+    events = [e["event"] for e in result["audit_trail"]]
+    assert events == [
+        "PaymentCreated",
+        "PurchaseCompleted",
+        "AuthorizationRequested",
+        "StepUpRequired",
+        "PurchaseCompleted",
+        "AuthorizationRequested",
+        "AuthorizationApproved",
+    ]
+    assert result["audit_trail"][0]["payment_id"] == payments["step-up"]["payment_id"]
+
+
+def test_demo_on_postgres_needs_a_key_from_the_environment() -> None:
+    result = run("demo", "--db", "postgresql://u:secret-pw@127.0.0.1:1/none")
+    assert_one_line_error(result, 2, "KLARNA_FLOW_CIPHER_KEY")
+    assert "secret-pw" not in result.output
+
+
+# -- audit and history --------------------------------------------------------------------
+
+
+def test_audit_shows_the_timeline(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, result = demo_db
+    payment_id = by_path(result)["approved"]["payment_id"]
+
+    table = ok("audit", payment_id, "--db", db).stdout
+    entries = as_json("audit", payment_id, "--db", db)
+
+    assert "PaymentCreated" in table
+    assert "AuthorizationApproved" in table
+    assert [e["event"] for e in entries] == [
+        "PaymentCreated",
+        "PurchaseCompleted",
+        "AuthorizationRequested",
+        "AuthorizationApproved",
+    ]
+    assert entries[1]["cause_kind"] == "notification"
+    assert entries[1]["cause"] in table
+    assert entries[3]["correlation_id"] in table
+    assert entries[1]["details"]["session_token"].startswith("**** (key k-")
+    assert UNMASKED_TOKEN.search(table) is None
+
+
+def test_audit_of_an_unknown_payment(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, _ = demo_db
+    missing = str(uuid4())
+    assert_one_line_error(run("audit", missing, "--db", db), 1, missing, "not found")
+
+
+def test_a_malformed_payment_id_is_a_usage_error(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, _ = demo_db
+    for command in ("audit", "history"):
+        assert run(command, "not-a-uuid", "--db", db, "--version", "1").exit_code == 2
+
+
+def test_a_missing_database_is_a_usage_error(tmp_path: Path) -> None:
+    db = tmp_path / "missing.sqlite"
+    for args in (["audit", str(uuid4())], ["export"], ["verify"], ["replay"], ["expire"]):
+        assert_one_line_error(run(*args, "--db", str(db)), 2, "no event store", str(db))
+    assert not db.exists()
+
+
+def test_a_database_that_is_not_one_is_a_failure(tmp_path: Path) -> None:
+    db = tmp_path / "notes.sqlite"
+    db.write_text("this is not a database\n" * 100)
+    key_file = tmp_path / "key"
+    key_file.write_text(generate_key())
+    for args in (["verify"], ["expire", "--key-file", str(key_file)]):
+        assert_one_line_error(run(*args, "--db", str(db)), 1, "not a database")
+
+
+def test_history_by_version_and_by_time(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, result = demo_db
+    payment_id = by_path(result)["expired"]["payment_id"]
+    trail = as_json("audit", payment_id, "--db", db)
+    created = datetime.fromisoformat(trail[0]["recorded_at"])
+    expired = datetime.fromisoformat(trail[-1]["recorded_at"])
+    assert expired - created > timedelta(minutes=60)
+
+    first = as_json("history", payment_id, "--version", "1", "--db", db)
+    middle = as_json(
+        "history", payment_id, "--at", (created + timedelta(minutes=30)).isoformat(), "--db", db
+    )
+    last = as_json("history", payment_id, "--at", expired.isoformat(), "--db", db)
+    table = ok("history", payment_id, "--version", "2", "--db", db).stdout
+
+    assert (first["state"], first["version"]) == ("CREATED", 1)
+    assert (middle["state"], middle["version"]) == ("COMPLETED", 2)
+    assert middle["session_token"].startswith("**** (key k-")
+    assert middle["authorize_by"] is not None
+    assert (last["state"], last["expiry_reason"]) == ("EXPIRED", "AUTHORIZATION_WINDOW")
+    assert "COMPLETED" in table
+    assert UNMASKED_TOKEN.search(table) is None
+
+
+def test_history_at_a_utc_z_time(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, result = demo_db
+    payment_id = by_path(result)["approved"]["payment_id"]
+    now = datetime.now(UTC) + timedelta(days=1)
+    view = as_json("history", payment_id, "--at", now.strftime("%Y-%m-%dT%H:%M:%SZ"), "--db", db)
+    assert view["state"] == "AUTHORIZED"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--version", "1", "--at", "2025-01-01T12:00:00Z"],
+        ["--at", "yesterday"],
+        ["--version", "0"],
+    ],
+)
+def test_history_usage_errors(demo_db: tuple[str, dict[str, Any]], args: list[str]) -> None:
+    db, result = demo_db
+    payment_id = by_path(result)["approved"]["payment_id"]
+    assert run("history", payment_id, *args, "--db", db).exit_code == 2
+
+
+def test_history_refusals(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, result = demo_db
+    payment_id = by_path(result)["approved"]["payment_id"]
+    assert_one_line_error(run("history", payment_id, "--version", "9", "--db", db), 2, "4 events")
+    naive = run("history", payment_id, "--at", "2025-01-01T12:00:00", "--db", db)
+    assert_one_line_error(naive, 2, "timezone")
+    before = run("history", payment_id, "--at", "2000-01-01T00:00:00+00:00", "--db", db)
+    assert_one_line_error(before, 1, "not found")
+
+
+# -- export -------------------------------------------------------------------------------
+
+
+def test_export_writes_json_lines_to_stdout(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, result = demo_db
+
+    out = ok("export", "--db", db).stdout
+
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert {line["payment_id"] for line in lines} == {p["payment_id"] for p in result["payments"]}
+    assert len(lines) == as_json("verify", "--db", db)["events_checked"]
+    assert UNMASKED_TOKEN.search(out) is None
+    assert "**** (key k-" in out
+
+
+def test_export_one_payment_to_a_file(demo_db: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    db, result = demo_db
+    payment_id = by_path(result)["step-up"]["payment_id"]
+    target = tmp_path / "trail.jsonl"
+
+    message = ok("export", "--payment", payment_id, "--out", str(target), "--db", db).stdout
+
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert lines == result["audit_trail"]
+    assert message == f"7 audit entries written to {target}\n"  # and no progress bar when piped
+
+
+def test_export_to_an_unwritable_place_is_a_failure(
+    demo_db: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    db, _ = demo_db
+    target = tmp_path / "no" / "such" / "folder.jsonl"
+    assert_one_line_error(run("export", "--out", str(target), "--db", db), 1)
+
+
+# -- verify and replay -------------------------------------------------------------------
+
+
+def test_verify_a_clean_log(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, result = demo_db
+    report = as_json("verify", "--db", db)
+    assert report["ok"] is True
+    assert report["findings"] == []
+    assert report["payments_checked"] == 7
+    assert "OK:" in ok("verify", "--db", db).stdout
+    one = as_json("verify", "--payment", by_path(result)["declined"]["payment_id"], "--db", db)
+    assert (one["ok"], one["events_checked"]) == (True, 4)
+
+
+def test_verify_names_the_tampered_record(
+    demo_db: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    source, result = demo_db
+    db = tmp_path / "copy.sqlite"
+    shutil.copy(source, db)
+    target = UUID(by_path(result)["canceled"]["payment_id"])
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE stored_events SET state = CAST(replace(CAST(state AS TEXT), "
+            "'CANCELED', 'AUTHORIZED') AS BLOB) WHERE originator_id = ? AND originator_version = 1",
+            (target.hex,),
+        )
+        conn.execute(
+            "UPDATE stored_events SET topic = topic || 'x' "
+            "WHERE originator_id = ? AND originator_version = 2",
+            (target.hex,),
+        )
+
+    result_ = run("verify", "--db", str(db))
+    report = json.loads(run("verify", "--db", str(db), "--json").stdout)
+
+    assert result_.exit_code == 1
+    assert f"payment {target} version 2: altered" in result_.stdout
+    assert report["ok"] is False
+    assert report["findings"][0] == {
+        "payment_id": str(target),
+        "version": 2,
+        "problem": "altered",
+        "detail": report["findings"][0]["detail"],
+    }
+    assert run("verify", "--db", str(db), "--json").exit_code == 1
+    other = by_path(result)["approved"]["payment_id"]
+    assert run("verify", "--payment", other, "--db", str(db)).exit_code == 0
+
+
+def test_replay_rebuilds_and_counts(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, _ = demo_db
+    table = ok("replay", "--db", db).stdout
+    replayed = as_json("replay", "--db", db)
+
+    assert table.startswith("replayed ")
+    assert replayed["counts"] == {
+        "AUTHORIZED": 3,
+        "DECLINED": 1,
+        "COMPLETED": 1,
+        "CANCELED": 1,
+        "EXPIRED": 1,
+    }
+    assert replayed["events_replayed"] == as_json("verify", "--db", db)["events_checked"]
+
+
+# -- expire and reconcile (these need the key) --------------------------------------------
+
+
+@pytest.fixture
+def keyed_db(tmp_path: Path) -> tuple[Path, Path, str]:
+    """An SQLite file, a key file, and the key (not in the environment)."""
+    key = generate_key()
+    key_file = tmp_path / "cipher.key"
+    key_file.write_text(key + "\n")
+    return tmp_path / "payments.sqlite", key_file, key
+
+
+def test_expire_needs_the_key(keyed_db: tuple[Path, Path, str]) -> None:
+    db, key_file, key = keyed_db
+    Payments.sqlite(db, cipher=TokenCipher(key)).close()
+
+    assert_one_line_error(run("expire", "--db", str(db)), 2, "KLARNA_FLOW_CIPHER_KEY")
+    assert (
+        ok("expire", "--db", str(db), "--key-file", str(key_file)).stdout == "nothing to expire\n"
+    )
+    bad = key_file.with_suffix(".bad")
+    bad.write_text("not a key")
+    assert_one_line_error(run("expire", "--db", str(db), "--key-file", str(bad)), 2, str(bad))
+    shutil.copy(key_file, f"{db}.key")  # the demo's convention: a key beside the file
+    assert as_json("expire", "--db", str(db)) == []
+
+
+def test_expire_expires_what_is_overdue(keyed_db: tuple[Path, Path, str]) -> None:
+    db, key_file, key = keyed_db
+    clock = ManualClock(datetime.now(UTC) - timedelta(hours=4))
+    app_ = Payments.sqlite(db, cipher=TokenCipher(key), clock=clock)
+    overdue = app_.create(flow=Flow.AUTHORIZATION, amount=100, currency="EUR", reference="old")
+    clock.advance(timedelta(hours=3, minutes=30))
+    fresh = app_.create(flow=Flow.AUTHORIZATION, amount=100, currency="EUR", reference="new")
+    app_.close()
+
+    expired = as_json("expire", "--db", str(db), "--key-file", str(key_file))
+
+    assert expired == [str(overdue)]
+    with Payments.sqlite(db, cipher=TokenCipher(key)) as after:
+        assert after.get(overdue).state is PaymentState.EXPIRED
+        assert after.get(fresh).state is PaymentState.CREATED
+
+
+def test_reconcile_resolves_a_pending_authorization(keyed_db: tuple[Path, Path, str]) -> None:
+    db, key_file, key = keyed_db
+    clock = ManualClock(datetime.now(UTC) - timedelta(minutes=30))
+    fake = FakeKlarna(clock=clock)
+    one_attempt = RetryPolicy(max_attempts=1)
+    with KlarnaClient(fake.api_key, transport=httpx.MockTransport(fake), retry=one_attempt) as c:
+        app_ = Payments.sqlite(
+            db,
+            cipher=TokenCipher(key),
+            clock=clock,
+            klarna=c,
+            partner_account_id=fake.partner_account_id,
+        )
+        request_id = fake.create_payment_request(amount=500, currency="EUR")
+        payment_id = app_.create(
+            flow=Flow.AUTHORIZATION,
+            amount=500,
+            currency="EUR",
+            reference="lost-answer",
+            payment_request_id=request_id,
+        )
+        done = fake.complete_payment_request(request_id)
+        app_.complete(payment_id, session_token=done.session_token)
+        fake.timeout_next(after_processing=True)
+        assert app_.authorize(payment_id).result.value == "PENDING"
+        app_.close()
+
+    with serve_fake(fake) as server:
+        args = ["reconcile", "--db", str(db), "--key-file", str(key_file)]
+        args += ["--base-url", server.base_url, "--older-than-minutes", "1"]
+        missing_key = run(*args)
+        outcomes = as_json(*args, "--api-key", fake.api_key)
+
+    assert_one_line_error(missing_key, 2, "API key")
+    assert [(o["payment_id"], o["result"]) for o in outcomes] == [(str(payment_id), "APPROVED")]
+    assert (
+        outcomes[0]["payment_transaction_id"]
+        == fake.transactions_for("lost-answer")[0].payment_transaction_id
+    )
+    assert len(fake.transactions_for("lost-answer")) == 1  # the same transaction, not a second
+
+
+def test_reconcile_with_nothing_pending(keyed_db: tuple[Path, Path, str]) -> None:
+    db, key_file, key = keyed_db
+    Payments.sqlite(db, cipher=TokenCipher(key)).close()
+    out = ok("reconcile", "--db", str(db), "--key-file", str(key_file), "--api-key", "k").stdout
+    assert out == "nothing to reconcile\n"
+
+
+# -- diagram and fake-server -------------------------------------------------------------
+
+
+def test_diagram() -> None:
+    assert ok("diagram").stdout.startswith("stateDiagram-v2\n")
+    assert ok("diagram", "--format", "dot").stdout.startswith("digraph lifecycle {")
+    assert run("diagram", "--format", "png").exit_code == 2
+
+
+def test_fake_server_listens_on_loopback_only() -> None:
+    assert_one_line_error(run("fake-server", "--host", "0.0.0.0"), 2, "loopback")  # noqa: S104
+
+
+def test_fake_server_serves_until_interrupted() -> None:
+    command = [sys.executable, "-m", "klarna_flow.cli", "fake-server", "--port", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            base_url = re.search(r"http://127\.0\.0\.1:\d+", line)
+            assert base_url, line
+            account = "krn:partner:global:account:test-partner"
+            answer = httpx.post(f"{base_url[0]}/v2/accounts/{account}/payment/authorize", json={})
+            assert answer.status_code == 401  # it is Klarna's API, wanting the API key
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=10) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def test_the_entry_point_runs_as_a_module() -> None:
+    assert callable(main)
+    result = subprocess.run(
+        [sys.executable, "-m", "klarna_flow.cli", "diagram", "--format", "dot"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "KLARNA_FLOW_CIPHER_KEY": ""},
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("digraph")
+
+
+# -- progress ---------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    with progress_bar("replaying") as update:
+        assert update is None  # pytest's output is not a terminal
+
+    err = _Terminal()
+    monkeypatch.setattr(sys, "stdout", _Terminal())
+    monkeypatch.setattr(sys, "stderr", err)
+    with progress_bar("replaying") as update:
+        assert update is not None
+        update(50, 100)
+        update(100, 100)
+    assert "replaying" in err.getvalue()
