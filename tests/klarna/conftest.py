@@ -11,9 +11,10 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
-from klarna_support import Caller
 
 from klarna_flow.testing import FakeKlarna, ManualClock, serve_fake
+
+from .klarna_support import Caller
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 
 import httpx
 import pytest
-from klarna_support import API_KEY, FAST, call_args
 
 from klarna_flow import ConfigurationError, InvalidInput, KlarnaRateLimited, KlarnaServerError
 from klarna_flow.klarna import (
@@ -18,6 +17,8 @@ from klarna_flow.klarna import (
 )
 from klarna_flow.klarna._retry import Attempts
 from klarna_flow.testing import FakeKlarna
+
+from .klarna_support import API_KEY, FAST, call_args
 
 
 @pytest.fixture

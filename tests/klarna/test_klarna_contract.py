@@ -11,7 +11,6 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from klarna_support import REFERENCE, Caller
 
 from klarna_flow import (
     KlarnaAPIError,
@@ -26,6 +25,8 @@ from klarna_flow import (
 )
 from klarna_flow.klarna import AuthorizationResult, RetryPolicy
 from klarna_flow.testing import FakeKlarna, ManualClock
+
+from .klarna_support import REFERENCE, Caller
 
 
 def keys_sent(fake: FakeKlarna) -> list[str | None]:

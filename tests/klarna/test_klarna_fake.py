@@ -12,10 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from klarna_support import API_KEY
 
 from klarna_flow import InvalidInput
 from klarna_flow.testing import FakeKlarna, ManualClock
+
+from .klarna_support import API_KEY
 
 URL = "https://fake/v2/accounts/krn:partner:global:account:test-partner/payment/authorize"
 BODY = {

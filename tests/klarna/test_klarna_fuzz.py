@@ -9,12 +9,13 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from klarna_support import API_KEY, call_args
 
 from klarna_flow import KlarnaError
 from klarna_flow.klarna import AuthorizationResponse, KlarnaClient, RetryPolicy
 from klarna_flow.klarna._wire import parse_authorization
 from klarna_flow.testing import FakeKlarna
+
+from .klarna_support import API_KEY, call_args
 
 FUZZ = settings(
     max_examples=150,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from klarna_support import Caller
 
 from klarna_flow import InvalidInput
 from klarna_flow.testing import FakeKlarna
+
+from .klarna_support import Caller
 
 BAD_INPUTS = [
     ("amount", 0),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import httpx
-from klarna_support import API_KEY, REFERENCE, Caller
 
 from klarna_flow.klarna import KlarnaClient
 from klarna_flow.testing import FakeKlarna
+
+from .klarna_support import API_KEY, REFERENCE, Caller
 
 EXPECTED_BODY = {
     "currency": "USD",

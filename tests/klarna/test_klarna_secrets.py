@@ -7,11 +7,12 @@ import logging
 
 import httpx
 import pytest
-from klarna_support import FAST, call_args
 
 from klarna_flow import KlarnaError, KlarnaTransportError, KlarnaValidationError
 from klarna_flow.klarna import KlarnaClient
 from klarna_flow.testing import FakeKlarna, ManualClock
+
+from .klarna_support import FAST, call_args
 
 SECRET_KEY = "sk-live-do-not-leak-0123456789"
 

@@ -10,11 +10,12 @@ import time
 
 import httpx
 import pytest
-from klarna_support import API_KEY, call_args
 
 from klarna_flow import ConfigurationError
 from klarna_flow.klarna import AsyncKlarnaClient, AuthorizationResult
 from klarna_flow.testing import FakeKlarna, FakeKlarnaServer, run_fake_server, serve_fake
+
+from .klarna_support import API_KEY, call_args
 
 # The server must refuse these; nothing is ever bound to them.
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 (the very address being refused)
