@@ -362,17 +362,39 @@ class Payments(Application[UUID]):
             InvalidTransition: the payment is not ``CREATED``.
         """
         payment_id = _check_id(payment_id)
-        if session_token is not None:
-            check_secret_krn(session_token, "session_token")
-        if customer_token is not None:
-            check_secret_krn(customer_token, "customer_token")
-        if payment_request_id is not None:
-            check_krn(payment_request_id, "payment_request_id")
+        _check_completion(session_token, customer_token, payment_request_id)
+        if completed_at is not None:
+            check_aware(completed_at, "completed_at")
+        return self.complete_loaded(
+            self.get(payment_id),
+            session_token=session_token,
+            customer_token=customer_token,
+            completed_at=completed_at,
+            payment_request_id=payment_request_id,
+            cause=cause,
+        )
+
+    def complete_loaded(
+        self,
+        payment: Payment,
+        *,
+        session_token: str | None,
+        customer_token: str | None,
+        completed_at: datetime | None,
+        payment_request_id: str | None,
+        cause: str,
+    ) -> Payment:
+        """:meth:`complete` on a payment already loaded (saved only if unchanged since).
+
+        Raises:
+            ConcurrentModification: the payment changed after it was loaded.
+        """
+        _check_completion(session_token, customer_token, payment_request_id)
         now = self.now()
         when = now if completed_at is None else check_aware(completed_at, "completed_at")
         if when > now + _CLOCK_SKEW:
             raise InvalidInput("completed_at", "lies in the future")
-        payment = self.get(payment_id)
+        payment_id = payment.id
         payment.complete(
             session_token=self._maybe_seal(payment_id, "session_token", session_token),
             customer_token=self._maybe_seal(payment_id, "customer_token", customer_token),
@@ -623,13 +645,15 @@ class Payments(Application[UUID]):
         """The payment's events, decoded, in order.
 
         Raises:
+            InvalidInput: ``payment_id`` is not a UUID.
             PaymentNotFound: no event is stored for this id.
         """
+        payment_id = _check_id(payment_id)
         with _storage_errors():
-            events = list(self.events.get(payment_id))
+            events: list[Payment.Event] = list(self.events.get(payment_id))  # type: ignore[arg-type]
         if not events:
             raise PaymentNotFound(payment_id)
-        yield from events  # type: ignore[misc]
+        return iter(events)
 
     # -- audit ---------------------------------------------------------------
     # klarna_flow._audit builds on Payments, so it is imported where it is used;
@@ -685,6 +709,17 @@ def _project(events: list[Any]) -> Payment:
         payment = event.mutate(payment)
     assert isinstance(payment, Payment)
     return payment
+
+
+def _check_completion(
+    session_token: str | None, customer_token: str | None, payment_request_id: str | None
+) -> None:
+    if session_token is not None:
+        check_secret_krn(session_token, "session_token")
+    if customer_token is not None:
+        check_secret_krn(customer_token, "customer_token")
+    if payment_request_id is not None:
+        check_krn(payment_request_id, "payment_request_id")
 
 
 def _check_id(payment_id: object) -> UUID:

@@ -104,8 +104,8 @@ class NotificationHandler:
         if envelope.event_type == COMPLETED:
             if payment.state is not PaymentState.CREATED:
                 return False  # a late or repeated completion never moves back
-            app.complete(
-                payment.id,
+            app.complete_loaded(
+                payment,
                 session_token=envelope.token("klarna_network_session_token", "payment_token"),
                 customer_token=envelope.token("customer_token"),
                 completed_at=envelope.occurred_at,

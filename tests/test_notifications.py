@@ -286,11 +286,6 @@ class PausingPayments(Payments):
         return payment
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_notifications.py _command completes via app.complete(), which loads the "
-    "payment again: a duplicate that lost the race is answered 'refused', not 'duplicate'",
-)
 def test_a_duplicate_that_loses_the_race_is_answered_as_a_duplicate(
     store_env: dict[str, str], clock: ManualClock, cipher: TokenCipher
 ) -> None:

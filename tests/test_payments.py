@@ -328,11 +328,6 @@ def test_commands_refuse_an_id_that_is_not_a_uuid(
     assert recorded(payments) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_application.py: Payments.stored_events does not check the id (PaymentNotFound "
-    "on memory/SQLite, StorageError on PostgreSQL) where every other method says InvalidInput",
-)
 def test_stored_events_refuses_an_id_that_is_not_a_uuid(payments: Payments) -> None:
     with pytest.raises(InvalidInput):
         list(payments.stored_events("5b0a3f3e-8c53-4d5e-9a63-1f0b7c2d9e41"))  # type: ignore[arg-type]
