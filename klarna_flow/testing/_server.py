@@ -233,7 +233,11 @@ def run_fake_server(
             thread ends the serving).
     """
     server = FakeKlarnaServer(fake, host, port)
-    if ready is not None:
-        ready(server)
     with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
+        try:
+            if ready is not None:
+                ready(server)
+            server.serve_forever()
+        finally:
+            # Also when Ctrl-C lands before serving began: release the socket.
+            server.stop()
