@@ -5,7 +5,10 @@ would type them), in a temporary working directory, with none of
 klarna_flow's environment variables set. A block that only includes a file
 (``--8<-- "examples/quickstart.py"``) is not run here: the file it includes
 must be one that a test of its own runs (``tests/test_examples.py`` and
-friends). Blocks that must not run use another fence (``console``, ``bash``,
+friends); such a block sits between ``<!-- fmt:off -->`` and
+``<!-- fmt:on -->``, because ``ruff format`` formats the Python blocks of
+Markdown files and would otherwise rewrite the include line as Python.
+Blocks that must not run use another fence (``console``, ``bash``,
 ``text``...), from the list below.
 """
 
