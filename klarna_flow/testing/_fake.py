@@ -4,25 +4,23 @@ It is an ``httpx.Request -> httpx.Response`` callable, so
 ``httpx.MockTransport(fake)`` plugs it into either client, and
 :func:`~klarna_flow.testing.serve_fake` serves it on loopback.
 
-Answers it chose where Klarna documents none (tests rely on them):
+Its answers, including those it chose where Klarna documents none (tests
+rely on them):
 
-========================================  =====  ==========================
-situation                                 status error_code
-========================================  =====  ==========================
-wrong or missing ``Authorization``        401    ``UNAUTHORIZED``
-body over 1 MB                            413    ``PAYLOAD_TOO_LARGE``
-Content-Type not application/json         400    ``INVALID_CONTENT_TYPE``
-missing header, bad body schema           400    ``VALIDATION_ERROR``
-unknown partner account                   404    ``RESOURCE_NOT_FOUND``
-unknown session token                     404    ``RESOURCE_NOT_FOUND``
-token of another partner account          403    ``OPERATION_FORBIDDEN``
-token already used (other key)            409    ``RESOURCE_CONFLICT``
-token expired (60 min after completion),  400    ``VALIDATION_ERROR`` with
-or its payment request expired/canceled          parameter
-                                                 ``Klarna-Network-Session-Token``
-amount or currency differ from request    400    ``VALIDATION_ERROR``
-same idempotency key, different request   409    ``RESOURCE_CONFLICT``
-========================================  =====  ==========================
+- wrong or missing ``Authorization``: 401 ``UNAUTHORIZED``;
+- body over 1 MB: 413 ``PAYLOAD_TOO_LARGE``;
+- Content-Type not application/json: 400 ``INVALID_CONTENT_TYPE``;
+- missing header, bad body schema: 400 ``VALIDATION_ERROR`` (with
+  ``validation_errors``);
+- unknown partner account, unknown session token: 404 ``RESOURCE_NOT_FOUND``;
+- token of another partner account: 403 ``OPERATION_FORBIDDEN``;
+- token already used (by another idempotency key): 409 ``RESOURCE_CONFLICT``;
+- token expired (60 minutes after completion, or its payment request expired
+  or canceled): 400 ``VALIDATION_ERROR``, validation error
+  ``{"parameter": "Klarna-Network-Session-Token", "reason": "expired"}``;
+- amount or currency differ from the payment request: 400 ``VALIDATION_ERROR``;
+- same idempotency key with a different request (account, token or body):
+  409 ``RESOURCE_CONFLICT``.
 
 Same idempotency key and same request within 24 hours replays the original
 status and body (with a new ``Klarna-Correlation-Id``). Only the fake's own
@@ -248,6 +246,8 @@ class FakeKlarna(Authorizer):
         if not 400 <= status <= 599:
             raise InvalidInput("status", "must be an HTTP error status (400..599)")
         headers = () if retry_after is None else (("Retry-After", str(retry_after)),)
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise InvalidInput("times", "must be an int >= 1")
         for _ in range(times):
             body = error_body(status, error_code)
             self._queue(Scripted("respond", status, body, headers))
