@@ -10,6 +10,7 @@ import httpx
 from klarna_flow._errors import KlarnaError
 from klarna_flow.klarna._base import ClientBase
 from klarna_flow.klarna._exchange import AuthorizeCall, failed, prepare, received
+from klarna_flow.klarna._failures import transport_error
 from klarna_flow.klarna._retry import Attempts
 from klarna_flow.klarna._wire import AuthorizationResponse
 
@@ -90,14 +91,18 @@ class KlarnaClient(ClientBase[httpx.Client, httpx.BaseTransport]):
             attempts.begin()
             try:
                 return self._attempt(call, attempts)
-            except (KlarnaError, httpx.HTTPError) as exc:
-                error, delay = failed(call, attempts, exc)
+            except KlarnaError as error:
+                delay = failed(call, attempts, error)
                 if delay is None:
-                    raise error from exc
+                    raise
             time.sleep(delay)
 
     def _attempt(self, call: AuthorizeCall, attempts: Attempts) -> AuthorizationResponse:
-        return received(call, attempts, self._http.send(call.request))
+        try:
+            response = self._http.send(call.request)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from exc
+        return received(call, attempts, response)
 
     def close(self) -> None:
         """Close the httpx client if this object opened it."""

@@ -23,7 +23,7 @@ from klarna_flow._validation import (
     check_reference,
     check_secret_krn,
 )
-from klarna_flow.klarna._failures import api_error, transport_error
+from klarna_flow.klarna._failures import api_error
 from klarna_flow.klarna._retry import Attempts
 from klarna_flow.klarna._wire import (
     AuthorizationResponse,
@@ -157,23 +157,17 @@ def received(
     raise api_error(status, response.headers, response.content, secrets=call.secrets)
 
 
-def failed(
-    call: AuthorizeCall, attempts: Attempts, error: KlarnaError | httpx.HTTPError
-) -> tuple[KlarnaError, float | None]:
-    """Translate and log a failed attempt.
+def failed(call: AuthorizeCall, attempts: Attempts, error: KlarnaError) -> float | None:
+    """Log a failed attempt; return the seconds to wait before the next one.
 
-    Returns:
-        The error to raise if we give up, and the seconds to wait before the
-        next attempt (None: give up).
+    None means give up: the caller raises ``error``.
     """
-    if isinstance(error, httpx.HTTPError):
-        error = transport_error(error)
     delay = attempts.delay_after(error)
     status = getattr(error, "status_code", None) or type(error).__name__
     what = f"{status} {getattr(error, 'error_code', None) or ''}".rstrip()
     what += f", retrying in {delay:.3f}s" if delay is not None else ", giving up"
     _log(logging.WARNING, call, attempts, what, error.correlation_id)
-    return error, delay
+    return delay
 
 
 def _log(

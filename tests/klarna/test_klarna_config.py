@@ -7,7 +7,15 @@ import asyncio
 import httpx
 import pytest
 
-from klarna_flow import ConfigurationError, InvalidInput, KlarnaRateLimited, KlarnaServerError
+from klarna_flow import (
+    ConfigurationError,
+    InvalidInput,
+    KlarnaRateLimited,
+    KlarnaServerError,
+    KlarnaTimeout,
+    KlarnaTransportError,
+    KlarnaUnexpectedResponse,
+)
 from klarna_flow.klarna import (
     LIVE_BASE_URL,
     TEST_BASE_URL,
@@ -212,3 +220,34 @@ def test_retry_after_beyond_the_deadline_gives_up_at_once() -> None:
 
 def test_fast_policy_used_by_tests_is_fast() -> None:
     assert FAST.max_backoff <= 0.01
+
+
+@pytest.mark.parametrize(
+    ("failure", "error_class", "attempts"),
+    [
+        (httpx.ConnectError("refused"), KlarnaTransportError, 3),
+        (httpx.ReadTimeout("slow"), KlarnaTimeout, 3),
+        (httpx.TooManyRedirects("loop"), KlarnaUnexpectedResponse, 1),
+    ],
+)
+def test_httpx_failures_never_escape(
+    fake: FakeKlarna,
+    token: str,
+    failure: httpx.HTTPError,
+    error_class: type[Exception],
+    attempts: int,
+) -> None:
+    calls: list[httpx.Request] = []
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise failure
+
+    with (
+        KlarnaClient(API_KEY, transport=httpx.MockTransport(failing), retry=FAST) as client,
+        pytest.raises(error_class) as caught,
+    ):
+        client.authorize(**call_args(fake, token))
+
+    assert caught.value.__cause__ is failure
+    assert len(calls) == attempts
