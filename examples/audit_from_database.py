@@ -19,8 +19,7 @@ import sys
 from collections.abc import Sequence
 from uuid import UUID
 
-from klarna_flow import InvalidInput, PaymentNotFound
-from klarna_flow._audit import AuditLog
+from klarna_flow import AuditLog, InvalidInput, PaymentNotFound
 
 
 def print_trail(log: AuditLog, payment_id: UUID) -> None:
