@@ -37,16 +37,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from klarna_flow import (
+    AuthorizationOutcome,
     CommandRefused,
     InvalidInput,
     KlarnaFlowError,
     MissingToken,
+    OutcomeResult,
     PaymentNotFound,
     Payments,
     StorageError,
     WrongFlow,
 )
-from klarna_flow._authorization import AuthorizationOutcome, OutcomeResult
 
 __all__ = ["create_app", "outcome_json"]
 

@@ -16,17 +16,18 @@ import httpx
 import pytest
 
 from klarna_flow import (
+    AuthorizationOutcome,
     AuthorizationWindowElapsed,
     ConcurrentModification,
     ConfigurationError,
     Flow,
     InvalidTransition,
     KlarnaFlowError,
+    OutcomeResult,
     Payments,
     PaymentState,
     WrongFlow,
 )
-from klarna_flow._authorization import AuthorizationOutcome, OutcomeResult
 from klarna_flow.klarna import AsyncKlarnaClient
 from klarna_flow.testing import ManualClock
 from tests._flow_helpers import API_KEY, RETRY, Kit, MakePayments, event_names, open_kit

@@ -22,12 +22,12 @@ from klarna_flow import (
     ConfigurationError,
     Flow,
     InvalidTransition,
+    OutcomeResult,
     Payment,
     Payments,
     PaymentState,
     WrongFlow,
 )
-from klarna_flow._authorization import OutcomeResult
 from klarna_flow.testing import ManualClock
 from tests._flow_helpers import (
     AMOUNT,

@@ -20,8 +20,15 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from klarna_flow import ConcurrentModification, KlarnaFlowError, Payment, Payments, PaymentState
-from klarna_flow._authorization import AuthorizationOutcome, OutcomeResult
+from klarna_flow import (
+    AuthorizationOutcome,
+    ConcurrentModification,
+    KlarnaFlowError,
+    OutcomeResult,
+    Payment,
+    Payments,
+    PaymentState,
+)
 from klarna_flow.testing import FakeKlarna, ManualClock
 from tests._flow_helpers import Kit, MakePayments, event_names, klarna_client, open_kit
 

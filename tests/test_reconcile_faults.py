@@ -29,13 +29,13 @@ from klarna_flow import (
     Flow,
     InvalidInput,
     KlarnaServerError,
+    OutcomeResult,
     Payment,
     Payments,
     PaymentState,
     TokenCipher,
     generate_key,
 )
-from klarna_flow._authorization import OutcomeResult
 from klarna_flow.klarna import KlarnaClient
 from klarna_flow.testing import FakeKlarna, ManualClock, serve_fake
 from tests import _flow_helpers
