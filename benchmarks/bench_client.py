@@ -84,7 +84,7 @@ def _timed(run: Callable[[list[str]], object], tokens: list[str]) -> float:
         gc.enable()
 
 
-def client_overhead(count: int = 1000, repeat: int = 5) -> str:
+def client_overhead(count: int = 1000, repeat: int = 9) -> str:
     """Sequential authorizations: KlarnaClient against raw httpx, in process."""
     fake = FakeKlarna(api_key=API_KEY)
     transport = httpx.MockTransport(fake)
