@@ -19,6 +19,7 @@ __all__ = [
     "check_currency",
     "check_idempotency_key",
     "check_krn",
+    "check_positive_duration",
     "check_reference",
     "check_secret_krn",
 ]
