@@ -42,6 +42,7 @@ from klarna_flow._errors import (
 )
 from klarna_flow._lifecycle import Flow, PaymentState, diagram
 from klarna_flow._payment import Payment
+from klarna_flow._read_models import IndexRow
 from klarna_flow._sealed import SealedSecret
 from klarna_flow._verify import Finding, VerificationReport
 from klarna_flow._webhooks import NotificationResult
@@ -70,6 +71,7 @@ __all__ = [
     "ConfigurationError",
     "Finding",
     "Flow",
+    "IndexRow",
     "InvalidInput",
     "InvalidSignature",
     "InvalidTransition",

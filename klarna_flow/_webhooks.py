@@ -29,7 +29,7 @@ __all__ = [
     "verify_signature",
 ]
 
-MAX_BODY_BYTES = 1_000_000
+MAX_BODY_BYTES = 1_048_576  # 1 MiB, the limit Klarna applies to its own API
 COMPLETED = "payment.request.state-change.completed"
 EXPIRED = "payment.request.state-change.expired"
 CANCELED = "payment.request.state-change.canceled"

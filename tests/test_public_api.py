@@ -28,6 +28,7 @@ EXPORTED = [
     "ConfigurationError",
     "Finding",
     "Flow",
+    "IndexRow",
     "InvalidInput",
     "InvalidSignature",
     "InvalidTransition",
