@@ -321,27 +321,21 @@ class Payments(Application[UUID]):
             check_krn(payment_request_id, "payment_request_id")
         payment_id = payment_id_for(account, reference)
         terms = (flow, amount, currency, account or "")
+        payment = Payment.create(
+            payment_id=payment_id,
+            flow=flow,
+            amount=amount,
+            currency=currency,
+            reference=reference,
+            partner_account_id=account or "",
+            payment_request_id=payment_request_id,
+            request_lifetime=self.request_lifetime,
+            now=self.now(),
+        )
         try:
-            existing = self.get(payment_id)
-        except PaymentNotFound:
-            payment = Payment.create(
-                payment_id=payment_id,
-                flow=flow,
-                amount=amount,
-                currency=currency,
-                reference=reference,
-                partner_account_id=account or "",
-                payment_request_id=payment_request_id,
-                request_lifetime=self.request_lifetime,
-                now=self.now(),
-            )
-            try:
-                self.save_payment(payment)
-            except ConcurrentModification:
-                existing = self.get(payment_id)  # a racing create won: compare
-            else:
-                return payment_id
-        _check_same_terms(existing, terms, payment_request_id)
+            self.save_payment(payment)  # the store's uniqueness decides: no read first
+        except ConcurrentModification:
+            _check_same_terms(self.get(payment_id), terms, payment_request_id)
         return payment_id
 
     def complete(
