@@ -240,13 +240,17 @@ class ChainVerifier:
 
 
 class _Walk:
-    """The state of one pass over the notification log."""
+    """The state of one pass over the notification log.
+
+    Payments are keyed by ``uuid.int`` here: hashing and comparing ints is
+    done in C, where ``UUID`` does it in Python, and this loop runs per event.
+    """
 
     def __init__(self, verifier: ChainVerifier) -> None:
         self.verifier = verifier
-        self.heads: dict[UUID, tuple[int, bytes]] = {}
-        self.settled: dict[UUID, int] = {}  # rechecked in full: payment -> versions stored
-        self.bad: set[UUID] = set()
+        self.heads: dict[int, tuple[int, bytes]] = {}  # payment -> (version, digest)
+        self.settled: dict[int, int] = {}  # rechecked in full: payment -> versions stored
+        self.bad: set[int] = set()
         self.findings: list[Finding] = []
         self.events = 0
         self._topics: dict[str, bytes] = {}
@@ -256,11 +260,15 @@ class _Walk:
         genesis = self.verifier.genesis
         sha256 = hashlib.sha256
         for n in page:
-            oid = n.originator_id
-            if oid in settled:
+            try:
+                key = n.originator_id.int
+            except AttributeError:  # not a UUID: the recheck says what
+                self._recheck(_uuid(n.originator_id))
+                continue
+            if key in settled:
                 continue
             version = n.originator_version
-            head = heads.get(oid)
+            head = heads.get(key)
             if head is None:
                 in_order, previous = version == 1, genesis
             else:
@@ -271,28 +279,31 @@ class _Walk:
                     topic = topics[n.topic] = n.topic.encode() + b"\x00"
                 state = n.state
                 try:  # link() inlined: this loop is the cost of verifying
-                    h = sha256(previous)
-                    h.update(oid.bytes)
-                    h.update(version.to_bytes(8, "big", signed=True))
-                    h.update(topic)
+                    h = sha256(
+                        previous
+                        + key.to_bytes(16, "big")
+                        + version.to_bytes(8, "big", signed=True)
+                        + topic
+                    )
                     h.update(memoryview(state)[DIGEST_SIZE:])
-                    if h.digest() == state[:DIGEST_SIZE]:
-                        heads[oid] = (version, state[:DIGEST_SIZE])
+                    digest = state[:DIGEST_SIZE]
+                    if h.digest() == digest:
+                        heads[key] = (version, digest)
                         continue
-                except (TypeError, AttributeError):
-                    pass  # not bytes, or not a UUID: the recheck below says what
-            self._recheck(_uuid(oid))
+                except TypeError:
+                    pass  # the state is not bytes: the recheck says what
+            self._recheck(n.originator_id)
         self.events += len(page)
 
     def _recheck(self, payment_id: UUID) -> None:
         finding, stored = self.verifier.recheck(payment_id)
-        self.heads.pop(payment_id, None)
-        self.settled[payment_id] = stored
+        self.heads.pop(payment_id.int, None)
+        self.settled[payment_id.int] = stored
         if finding is not None:
             self._found(finding)
 
     def _found(self, finding: Finding) -> None:
-        self.bad.add(finding.payment_id)
+        self.bad.add(finding.payment_id.int)
         if len(self.findings) < MAX_FINDINGS:
             self.findings.append(finding)
 
@@ -302,14 +313,14 @@ class _Walk:
         if index is None:
             return
         for row in index.all_rows():
-            pid = row.payment_id
-            if pid in self.bad:
+            key = row.payment_id.int
+            if key in self.bad:
                 continue
-            head = self.heads.get(pid)
-            stored = head[0] if head is not None else self.settled.get(pid, 0)
+            head = self.heads.get(key)
+            stored = head[0] if head is not None else self.settled.get(key, 0)
             if row.version > stored:
                 # Look again: a writer may have appended after the walk passed.
-                finding, _ = self.verifier.recheck(pid, row.version)
+                finding, _ = self.verifier.recheck(row.payment_id, row.version)
                 if finding is not None:
                     self._found(finding)
 
