@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import attrs
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from klarna_flow._chain import DIGEST_SIZE
@@ -38,6 +37,20 @@ _STATE_OF = {
     "PaymentExpired": "EXPIRED",
     "PaymentCanceled": "CANCELED",
 }
+# Events whose payload holds nothing the index keeps but their time (and no
+# payment_request_id): their rows are updated from the timestamp alone.
+_TIME_ONLY = frozenset(
+    {
+        "AuthorizationRequested",
+        "AuthorizationApproved",
+        "AuthorizationDeclined",
+        "AuthorizationFailed",
+        "PaymentExpired",
+        "PaymentCanceled",
+    }
+)
+# How eventsourcing's JSON transcoder writes an event's time, first in its payload.
+_TIMESTAMP = b'{"timestamp":{"_type_":"datetime_iso","_data_":"'
 _BATCH = 2000
 _CACHE_LIMIT = 200_000
 
@@ -53,16 +66,14 @@ def _seconds(value: Any) -> float:
 def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
     """The row after notification ``n``, given the row before it."""
     kind = n.topic[n.topic.rfind(".") + 1 :]
-    fields = json.loads(n.state[DIGEST_SIZE:])
-    oid = n.originator_id if isinstance(n.originator_id, UUID) else UUID(n.originator_id)
-    at = _seconds(fields["timestamp"])
     if kind == "PaymentCreated":
+        fields = json.loads(n.state[DIGEST_SIZE:])
         return IndexRow(
-            payment_id=oid,
+            payment_id=_uuid(n.originator_id),
             state="CREATED",
             flow=fields["flow"],
             version=n.originator_version,
-            since=at,
+            since=_seconds(fields["timestamp"]),
             request_expires_at=_seconds(fields["request_expires_at"]),
             authorize_by=None,
             payment_request_id=fields.get("payment_request_id"),
@@ -70,22 +81,47 @@ def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
     if previous is None:  # events of a payment whose creation was not seen
         return None
     state = _STATE_OF.get(kind, previous.state)
-    changes: dict[str, Any] = {"version": n.originator_version}
-    if state != previous.state:
-        changes["state"] = state
-        changes["since"] = at
+    if kind in _TIME_ONLY:  # most events: only the time is read, not the whole payload
+        since = previous.since if state == previous.state else _timestamp(n.state)
+        return IndexRow(
+            previous.payment_id,
+            state,
+            previous.flow,
+            n.originator_version,
+            since,
+            previous.request_expires_at,
+            previous.authorize_by,
+            previous.payment_request_id,
+        )
+    fields = json.loads(n.state[DIGEST_SIZE:])
+    since = previous.since if state == previous.state else _seconds(fields["timestamp"])
+    request_expires_at, authorize_by = previous.request_expires_at, previous.authorize_by
     if kind == "PurchaseCompleted" and previous.flow != "TOKENIZATION":
-        changes["authorize_by"] = _seconds(fields["completed_at"]) + _WINDOW
-    if fields.get("payment_request_id") is not None:
-        changes["payment_request_id"] = fields["payment_request_id"]
+        authorize_by = _seconds(fields["completed_at"]) + _WINDOW
     if kind == "StepUpRequired":
-        changes["request_expires_at"] = _seconds(fields["request_expires_at"])
-        changes["authorize_by"] = None
-    return _evolve(previous, changes)
+        request_expires_at = _seconds(fields["request_expires_at"])
+        authorize_by = None
+    payment_request_id = fields.get("payment_request_id")
+    return IndexRow(
+        previous.payment_id,
+        state,
+        previous.flow,
+        n.originator_version,
+        since,
+        request_expires_at,
+        authorize_by,
+        previous.payment_request_id if payment_request_id is None else payment_request_id,
+    )
 
 
-def _evolve(row: IndexRow, changes: dict[str, Any]) -> IndexRow:
-    return attrs.evolve(row, **changes)
+def _timestamp(stored: bytes) -> float:
+    """POSIX seconds of the event's time, which leads the payload as written."""
+    if stored.startswith(_TIMESTAMP, DIGEST_SIZE):
+        start = DIGEST_SIZE + len(_TIMESTAMP)
+        return datetime.fromisoformat(
+            stored[start : stored.index(b'"', start)].decode()
+        ).timestamp()
+    return _seconds(json.loads(stored[DIGEST_SIZE:])["timestamp"])
 
 
 class PaymentIndex:
@@ -121,8 +157,8 @@ class PaymentIndex:
     def _project_batch(
         self, batch: Sequence[Notification], cache: dict[UUID, IndexRow], *, lookup: bool
     ) -> dict[UUID, IndexRow]:
-        ids = {_uuid(n.originator_id) for n in batch}
         if lookup:
+            ids = {_uuid(n.originator_id) for n in batch}
             missing = [i for i in ids if i not in cache]
             cache.update(self.store.rows(missing))
         changed: dict[UUID, IndexRow] = {}

@@ -8,6 +8,7 @@ one, row by row, and with the payments themselves.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from uuid import UUID
@@ -134,3 +135,23 @@ def test_another_process_rebuilds_the_same_read_models(
 
     assert other.read_model() == live
     assert kit.payments.read_model() == live  # the shared tables, rebuilt, say the same
+
+
+def test_the_index_reads_an_event_time_wherever_it_stands_in_the_payload() -> None:
+    """Most events are projected from their leading timestamp; any order still works."""
+    from eventsourcing.persistence import Notification
+
+    from klarna_flow._projections import project
+
+    pid = UUID(int=3)
+    previous = IndexRow(pid, "AUTHORIZING", "AUTHORIZATION", 3, 1.0, 10.0, 20.0, "krn:x:y:r")
+    time_ = {"_type_": "datetime_iso", "_data_": "2025-01-01T12:00:00+00:00"}
+    leading = {"timestamp": time_, "cause": "command:authorize", "correlation_id": None}
+    trailing = {"cause": "command:authorize", "correlation_id": None, "timestamp": time_}
+    rows = []
+    for payload in (leading, trailing):
+        state = bytes(32) + json.dumps(payload, separators=(",", ":")).encode()
+        topic = "klarna_flow._payment:Payment.AuthorizationDeclined"
+        rows.append(project(previous, Notification(pid, 4, topic, state, id=9)))
+    expected = IndexRow(pid, "DECLINED", "AUTHORIZATION", 4, 1735732800.0, 10.0, 20.0, "krn:x:y:r")
+    assert rows == [expected, expected]
