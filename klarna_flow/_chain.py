@@ -57,6 +57,17 @@ def split(state: bytes) -> tuple[bytes, bytes]:
     return state[:DIGEST_SIZE], state[DIGEST_SIZE:]
 
 
+class _Payload(StoredEvent):
+    """A stored record seen without its digest (cheaper than a new frozen dataclass)."""
+
+    def __init__(self, stored: StoredEvent, payload: bytes) -> None:
+        d = self.__dict__
+        d["originator_id"] = stored.originator_id
+        d["originator_version"] = stored.originator_version
+        d["topic"] = stored.topic
+        d["state"] = payload
+
+
 class ChainedMapper(Mapper[UUID]):
     """An eventsourcing ``Mapper`` that prefixes each record with its chain digest."""
 
@@ -65,7 +76,6 @@ class ChainedMapper(Mapper[UUID]):
         self.genesis = genesis("Application")
         self.recorder: AggregateRecorder | None = None
         self._heads: dict[UUID | str, tuple[int, bytes]] = {}
-        self._lock = threading.Lock()
         self._local = threading.local()  # digests mapped by this thread, not yet saved
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
@@ -76,10 +86,10 @@ class ChainedMapper(Mapper[UUID]):
         return StoredEvent(oid, version, plain.topic, digest + plain.state)
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        digest, payload = split(stored_event.state)
-        oid, version = stored_event.originator_id, stored_event.originator_version
-        self._remember(oid, version, digest)
-        return super().to_domain_event(StoredEvent(oid, version, stored_event.topic, payload))
+        state = stored_event.state
+        oid = stored_event.originator_id
+        self._remember(oid, stored_event.originator_version, state[:DIGEST_SIZE])
+        return super().to_domain_event(_Payload(stored_event, state[DIGEST_SIZE:]))
 
     def decode_payload(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         """Decode without touching the chain cache (used by read models)."""
@@ -110,10 +120,11 @@ class ChainedMapper(Mapper[UUID]):
         self._unsaved().clear()
 
     def _remember(self, oid: UUID | str, version: int, digest: bytes) -> None:
-        with self._lock:
-            if len(self._heads) >= _CACHE_LIMIT:
-                self._heads.clear()
-            self._heads[oid] = (version, digest)
+        # One dict store is atomic; the size check may race, which only means
+        # an occasional early clear (misses fall back to one indexed read).
+        if len(self._heads) >= _CACHE_LIMIT:
+            self._heads.clear()
+        self._heads[oid] = (version, digest)
 
     def _head_before(self, oid: UUID | str, version: int) -> bytes:
         if version == 1:
