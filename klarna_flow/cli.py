@@ -82,6 +82,10 @@ app = typer.Typer(
     cls=_Group,
     name="klarna-flow",
     help="Klarna's final-authorization step as an event-sourced, auditable state machine.",
+    epilog=(
+        "Exit codes: 0 success; 1 a finding or a failure (tampering found, no such payment, "
+        "the store or Klarna failed); 2 a usage error (bad arguments, no database, no key)."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -92,7 +96,7 @@ Db = Annotated[
     typer.Option(
         "--db",
         envvar="KLARNA_FLOW_DB",
-        help="SQLite file or postgresql://user:password@host:port/dbname URL.",
+        help="SQLite file or postgresql://user:password@host:port/dbname URL (or $KLARNA_FLOW_DB).",
         show_envvar=False,
     ),
 ]
