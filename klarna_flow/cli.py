@@ -397,9 +397,31 @@ def fake_server(
     run_fake_server(fake, host, port, ready=ready)
 
 
-def main() -> None:
-    """Entry point of the ``klarna-flow`` script."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``klarna-flow`` script.
+
+    Usage errors are reported as one line (exit 2), like every other error.
+    """
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except Exception as e:
+        # Typer may bring its own copy of click, so its exceptions are matched
+        # by the interface they share (``format_message`` and ``exit_code``).
+        if type(e).__name__ == "NoArgsIsHelpError":
+            typer.echo(e.ctx.get_help())  # type: ignore[attr-defined]
+            sys.exit(2)
+        if type(e).__name__ == "Abort":
+            typer.echo("klarna-flow: aborted", err=True)
+            sys.exit(130)
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = "klarna-flow" + (
+            f" {ctx.info_name}" if ctx and ctx.info_name != "klarna-flow" else ""
+        )
+        typer.echo(f"klarna-flow: usage error: {e.format_message()} (see {where} --help)", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

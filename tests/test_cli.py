@@ -554,3 +554,29 @@ def test_progress_shows_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> N
         update(50, 100)
         update(100, 100)
     assert "replaying" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["audit", "not-a-uuid"], "Invalid value for 'payment_id'"),
+        (["history"], "Missing argument 'payment_id'"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_the_script_reports_a_usage_error_on_one_line_with_exit_2(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    completed = subprocess.run(  # noqa: S603  (our own module, fixed arguments)
+        [sys.executable, "-m", "klarna_flow.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert lines[0].startswith("klarna-flow: usage error: ")
+    assert message in lines[0]
+    assert "Traceback" not in completed.stderr
