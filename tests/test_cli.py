@@ -567,7 +567,7 @@ def test_progress_shows_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> N
 def test_the_script_reports_a_usage_error_on_one_line_with_exit_2(
     args: list[str], message: str, tmp_path: Path
 ) -> None:
-    completed = subprocess.run(  # noqa: S603  (our own module, fixed arguments)
+    completed = subprocess.run(
         [sys.executable, "-m", "klarna_flow.cli", *args],
         capture_output=True,
         text=True,
