@@ -10,6 +10,7 @@ and save; eventsourcing's errors are translated at this boundary.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import os
 import uuid
 from collections.abc import Iterator, Mapping
@@ -146,7 +147,7 @@ class Payments(Application[UUID]):
         self.request_lifetime = check_positive_duration(request_lifetime, "request_lifetime")
         try:
             super().__init__(env)
-        except (EventSourcingError, OSError, ImportError, ValueError) as e:
+        except (EventSourcingError, OSError, ImportError, ValueError, sqlite3.Error) as e:
             raise StorageError(f"cannot open the event store: {e}") from e
         self.cipher = self._construct_cipher(cipher, allow_plaintext)
         self.klarna = klarna
