@@ -10,8 +10,8 @@ and save; eventsourcing's errors are translated at this boundary.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
