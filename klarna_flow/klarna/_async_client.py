@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from types import TracebackType
 
 import httpx
 
 from klarna_flow._errors import KlarnaError
 from klarna_flow.klarna._base import ClientBase
+from klarna_flow.klarna._config import DEFAULT_LIMITS, resolve_timeout
 from klarna_flow.klarna._exchange import AuthorizeCall, failed, prepare, received
 from klarna_flow.klarna._failures import transport_error
 from klarna_flow.klarna._retry import Attempts
@@ -26,6 +28,35 @@ class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport])
     """
 
     _http_class = httpx.AsyncClient
+    # httpcore's async pool spends time that grows with the square of its open
+    # connections on every request (encode/httpx#3215): with 50 requests in
+    # flight, one pool of 50 connections is several times slower than five
+    # pools of ten. So a client that opens its own pool opens five small ones
+    # (together DEFAULT_LIMITS) and spreads requests over them; connections
+    # stay alive either way.
+    _shard_count = 5
+    _limits = httpx.Limits(
+        max_connections=(DEFAULT_LIMITS.max_connections or 100) // _shard_count,
+        max_keepalive_connections=(DEFAULT_LIMITS.max_keepalive_connections or 100) // _shard_count,
+    )
+
+    def _open(
+        self,
+        timeout: httpx.Timeout | float | None,
+        transport: httpx.AsyncBaseTransport | None,
+        http_client: httpx.AsyncClient | None,
+    ) -> tuple[httpx.AsyncClient, bool, httpx.Timeout | None]:
+        http, owned, per_request = super()._open(timeout, transport, http_client)
+        self._shards = [http]
+        if owned:
+            self._shards += [
+                httpx.AsyncClient(
+                    timeout=resolve_timeout(timeout), limits=self._limits, transport=transport
+                )
+                for _ in range(self._shard_count - 1)
+            ]
+        self._next_shard = itertools.cycle(self._shards)
+        return http, owned, per_request
 
     async def authorize(
         self,
@@ -65,7 +96,7 @@ class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport])
 
     async def _attempt(self, call: AuthorizeCall, attempts: Attempts) -> AuthorizationResponse:
         try:
-            response = await self._http.send(call.request)
+            response = await next(self._next_shard).send(call.request)
         except httpx.HTTPError as exc:
             raise transport_error(exc) from exc
         return received(call, attempts, response)
@@ -73,7 +104,8 @@ class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport])
     async def aclose(self) -> None:
         """Close the httpx client if this object opened it."""
         if self._owns_http:
-            await self._http.aclose()
+            for shard in self._shards:
+                await shard.aclose()
 
     async def __aenter__(self) -> AsyncKlarnaClient:
         return self

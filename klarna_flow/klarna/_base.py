@@ -32,6 +32,7 @@ class ClientBase(Generic[HTTP, Transport]):
     """
 
     _http_class: type[HTTP]
+    _limits: httpx.Limits = DEFAULT_LIMITS
     _http: HTTP
     _owns_http: bool
     _timeout: httpx.Timeout | None
@@ -66,7 +67,7 @@ class ClientBase(Generic[HTTP, Transport]):
         if http_client is None:
             http = self._http_class(
                 timeout=resolve_timeout(timeout),
-                limits=DEFAULT_LIMITS,
+                limits=self._limits,
                 transport=transport,  # type: ignore[arg-type]
             )
             return http, True, None
