@@ -1,37 +1,20 @@
-"""``Payments``: the eventsourcing application every command goes through.
+"""``Payments``: the application every command goes through.
 
-It wires the pieces together: the clock, the token cipher, the chained mapper,
-eventsourcing's persistence (in-memory, SQLite or PostgreSQL, chosen by
-eventsourcing's environment variables or an explicit constructor), and the
-Klarna client. Commands check input, load the payment, let the domain decide,
-and save; eventsourcing's errors are translated at this boundary.
+Built on :class:`~klarna_flow._payment_store.PaymentStore` (persistence,
+sealing, history), it joins the domain and the Klarna client: commands check
+input, load the payment, let the domain decide and save; authorization is
+recorded before the call to Klarna; notifications, the expiry sweep, read
+models and audit trails are reached from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sqlite3
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import EventSourcingError
-from eventsourcing.persistence import (
-    ApplicationRecorder,
-    JSONTranscoder,
-    Mapper,
-    PersistenceError,
-    RecordConflictError,
-    Recording,
-    Transcoding,
-)
-from eventsourcing.popo import POPOFactory
-from eventsourcing.utils import EnvType, strtobool
+from eventsourcing.utils import EnvType
 
 from klarna_flow._authorization import (
     AuthorizationOutcome,
@@ -41,63 +24,47 @@ from klarna_flow._authorization import (
     record_outcome,
     resume_intent,
 )
-from klarna_flow._chain import ChainedMapper, genesis
 from klarna_flow._cipher import TokenCipher
-from klarna_flow._clock import Clock, SystemClock
+from klarna_flow._clock import Clock
 from klarna_flow._errors import (
     CommandRefused,
     ConcurrentModification,
     ConfigurationError,
     InvalidInput,
     KlarnaError,
-    PaymentNotFound,
     ReferenceConflict,
-    StorageError,
 )
 from klarna_flow._lifecycle import DEFAULT_REQUEST_LIFETIME, Flow, PaymentState
 from klarna_flow._notifications import NotificationHandler
 from klarna_flow._payment import Payment
-from klarna_flow._projections import PaymentIndex, Progress
-from klarna_flow._read_models import IndexRow, MemoryIndex, ReadModelStore, SQLIndex
+from klarna_flow._payment_store import (
+    PaymentStore,
+    check_payment_id,
+    payment_id_for,
+    storage_errors,
+)
+from klarna_flow._projections import Progress
+from klarna_flow._read_models import IndexRow
 from klarna_flow._sealed import SealedSecret
-from klarna_flow._stores import postgres_env
 from klarna_flow._validation import (
     check_amount,
     check_aware,
     check_currency,
     check_krn,
-    check_positive_duration,
     check_reference,
     check_secret_krn,
 )
 from klarna_flow._webhooks import NotificationResult
 from klarna_flow.klarna import AsyncKlarnaClient, AuthorizationResponse, KlarnaClient
 
-__all__ = ["ALLOW_PLAINTEXT_ENV", "Payments"]
+__all__ = ["Payments"]
 
-ALLOW_PLAINTEXT_ENV = "KLARNA_FLOW_ALLOW_PLAINTEXT"
-_PAYMENT_ID_NAMESPACE = uuid.UUID("5b0a3f3e-8c53-4d5e-9a63-1f0b7c2d9e41")
 _CLOCK_SKEW = timedelta(minutes=5)
 
 
-class _SealedSecretAsDict(Transcoding):
-    type = SealedSecret
-    name = "sealed_secret"
-
-    def encode(self, obj: SealedSecret) -> dict[str, str]:
-        return {"k": obj.key_id, "n": obj.nonce, "c": obj.ciphertext}
-
-    def decode(self, data: dict[str, str]) -> SealedSecret:
-        return SealedSecret(data["k"], data["n"], data["c"])
-
-
-def payment_id_for(partner_account_id: str | None, reference: str) -> UUID:
-    """The deterministic id of the payment with this (account, reference)."""
-    return uuid.uuid5(_PAYMENT_ID_NAMESPACE, f"{partner_account_id or ''}\x1f{reference}")
-
-
-class Payments(Application[UUID]):
-    """Klarna payments as event-sourced aggregates.
+class Payments(PaymentStore):
+    """Klarna payments as event-sourced aggregates: commands, authorization,
+    notifications, expiry, read models and audit (storage: :class:`PaymentStore`).
 
     Args:
         env: eventsourcing's environment (``PERSISTENCE_MODULE``,
@@ -136,159 +103,17 @@ class Payments(Application[UUID]):
         async_klarna: AsyncKlarnaClient | None = None,
         signing_keys: Mapping[str, bytes] | None = None,
     ) -> None:
-        self.clock: Clock = clock if clock is not None else SystemClock()
-        if not callable(getattr(self.clock, "now", None)):
-            raise InvalidInput("clock", "must have a now() method")
-        self.partner_account_id = (
-            check_krn(partner_account_id, "partner_account_id")
-            if partner_account_id is not None
-            else None
+        super().__init__(
+            env,
+            clock=clock,
+            partner_account_id=partner_account_id,
+            cipher=cipher,
+            allow_plaintext=allow_plaintext,
+            request_lifetime=request_lifetime,
         )
-        self.request_lifetime = check_positive_duration(request_lifetime, "request_lifetime")
-        try:
-            super().__init__(env)
-        except (EventSourcingError, OSError, ImportError, ValueError, sqlite3.Error) as e:
-            raise StorageError(f"cannot open the event store: {e}") from e
-        self.cipher = self._construct_cipher(cipher, allow_plaintext)
         self.klarna = klarna
         self.async_klarna = async_klarna
         self.notifications = NotificationHandler(self, signing_keys or {})
-        with _storage_errors():
-            self.index = PaymentIndex(self.recorder, self._construct_read_model_store())
-
-    # -- construction ---------------------------------------------------------
-
-    @classmethod
-    def sqlite(cls, path: str | os.PathLike[str], **kwargs: Any) -> Payments:
-        """A ``Payments`` on an SQLite file (created if missing)."""
-        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)}
-        env.update(kwargs.pop("env", None) or {})
-        return cls(env, **kwargs)
-
-    @classmethod
-    def postgres(cls, url: str, **kwargs: Any) -> Payments:
-        """A ``Payments`` on PostgreSQL, from ``postgresql://user:pw@host:port/db``."""
-        env = postgres_env(url)
-        env.update(kwargs.pop("env", None) or {})
-        return cls(env, **kwargs)
-
-    @classmethod
-    def open(cls, db: str | os.PathLike[str], **kwargs: Any) -> Payments:
-        """A PostgreSQL URL or an SQLite path, whichever ``db`` is."""
-        text = os.fspath(db)
-        if text.startswith(("postgres://", "postgresql://")):
-            return cls.postgres(text, **kwargs)
-        return cls.sqlite(text, **kwargs)
-
-    def _construct_read_model_store(self) -> ReadModelStore:
-        datastore = getattr(self.factory, "datastore", None)
-        if datastore is None:
-            return MemoryIndex()
-        create = bool(getattr(self.factory, "env_create_table", lambda: True)())
-        schema = getattr(datastore, "schema", None)
-        if schema is not None:  # PostgreSQL
-            prefix, placeholder = f"{schema}.{self.name.lower()}", "%s"
-        else:
-            prefix, placeholder = self.name.lower(), "?"
-        return SQLIndex(datastore, prefix=prefix, placeholder=placeholder, create=create)
-
-    def construct_mapper(self) -> Mapper[UUID]:
-        if self.factory.cipher() is not None or self.factory.compressor() is not None:
-            msg = (
-                "klarna_flow seals secret fields itself and keeps the rest of each "
-                "event readable for audits: unset eventsourcing's CIPHER_TOPIC and "
-                "COMPRESSOR_TOPIC"
-            )
-            raise ConfigurationError(msg)
-        mapper = ChainedMapper(
-            transcoder=self.construct_transcoder(),
-        )
-        mapper.genesis = genesis(self.name)
-        return mapper
-
-    def construct_recorder(self) -> ApplicationRecorder:
-        recorder = super().construct_recorder()
-        assert isinstance(self.mapper, ChainedMapper)
-        self.mapper.recorder = recorder
-        return recorder
-
-    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
-        assert isinstance(self.mapper, ChainedMapper)
-        try:
-            recordings = super()._record(processing_event)
-        except BaseException:
-            self.mapper.discard()
-            raise
-        self.mapper.settle(r.notification for r in recordings)
-        return recordings
-
-    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
-        super().register_transcodings(transcoder)
-        transcoder.register(_SealedSecretAsDict())
-
-    @property
-    def is_durable(self) -> bool:
-        """False for the in-memory store, True for SQLite and PostgreSQL."""
-        return not isinstance(self.factory, POPOFactory)
-
-    def _construct_cipher(
-        self, cipher: TokenCipher | None, allow_plaintext: bool | None
-    ) -> TokenCipher:
-        if cipher is not None:
-            return cipher
-        if allow_plaintext is None:
-            allow_plaintext = strtobool(os.environ.get(ALLOW_PLAINTEXT_ENV, "no") or "no")
-        from_env = TokenCipher.from_env(os.environ, plaintext=allow_plaintext)
-        if from_env is not None:
-            return from_env
-        if not self.is_durable:
-            return TokenCipher.ephemeral()
-        msg = (
-            "a durable store needs a token cipher key: set KLARNA_FLOW_CIPHER_KEY "
-            "(base64 of 32 random bytes) or pass cipher=TokenCipher(key); for local "
-            "development only, KLARNA_FLOW_ALLOW_PLAINTEXT=1 or allow_plaintext=True"
-        )
-        raise ConfigurationError(msg)
-
-    # -- time and persistence helpers ----------------------------------------
-
-    def now(self) -> datetime:
-        """The clock's current time (checked to be timezone-aware)."""
-        return check_aware(self.clock.now(), "clock.now()")
-
-    def get(self, payment_id: UUID) -> Payment:
-        """The payment as it stands now.
-
-        Raises:
-            PaymentNotFound: no payment with this id.
-            StorageError: the store failed.
-        """
-        payment_id = _check_id(payment_id)
-        with _storage_errors():
-            try:
-                payment: Payment = self.repository.get(payment_id)
-            except AggregateNotFoundError:
-                raise PaymentNotFound(payment_id) from None
-        assert isinstance(payment, Payment)
-        return payment
-
-    def save_payment(self, payment: Payment) -> None:
-        """Save pending events; a concurrent writer makes this a typed error."""
-        with _storage_errors():
-            try:
-                self.save(payment)
-            except RecordConflictError as e:
-                raise ConcurrentModification(
-                    f"payment {payment.id} was changed by another writer",
-                    payment_id=payment.id,
-                    state=payment.state.value,
-                ) from e
-
-    def seal(self, payment_id: UUID, field: str, token: str) -> SealedSecret:
-        return self.cipher.seal(token, aad=payment_id.bytes + field.encode())
-
-    def unseal(self, payment_id: UUID, field: str, sealed: SealedSecret) -> str:
-        return self.cipher.open(sealed, aad=payment_id.bytes + field.encode())
 
     # -- commands ----------------------------------------------------------
 
@@ -356,7 +181,7 @@ class Payments(Application[UUID]):
             MissingToken: the tokens do not fit the payment's flow.
             InvalidTransition: the payment is not ``CREATED``.
         """
-        payment_id = _check_id(payment_id)
+        payment_id = check_payment_id(payment_id)
         _check_completion(session_token, customer_token, payment_request_id)
         if completed_at is not None:
             check_aware(completed_at, "completed_at")
@@ -547,7 +372,7 @@ class Payments(Application[UUID]):
         Reads the payment index (open payments by deadline), not every payment.
         """
         expired = []
-        with _storage_errors():
+        with storage_errors():
             self.index.catch_up()
             due = self.index.store.due(self.now().timestamp())
         for payment_id in due:
@@ -580,7 +405,7 @@ class Payments(Application[UUID]):
         """The payment that holds Klarna's ``payment_request_id``, if any."""
         if not payment_request_id:
             return None
-        with _storage_errors():
+        with storage_errors():
             self.index.catch_up()
             return self.index.store.by_payment_request(payment_request_id)
 
@@ -588,7 +413,7 @@ class Payments(Application[UUID]):
 
     def read_model(self, state: PaymentState | str | None = None) -> list[IndexRow]:
         """Index rows (all, or those in ``state``), caught up first."""
-        with _storage_errors():
+        with storage_errors():
             self.index.catch_up()
             if state is None:
                 return self.index.store.all_rows()
@@ -596,59 +421,14 @@ class Payments(Application[UUID]):
 
     def counts_by_state(self) -> dict[str, int]:
         """How many payments are in each state (from the read model)."""
-        with _storage_errors():
+        with storage_errors():
             self.index.catch_up()
             return self.index.store.counts()
 
     def rebuild_read_models(self, *, progress: Progress | None = None) -> int:
         """Drop the read models and rebuild them from the notification log."""
-        with _storage_errors():
+        with storage_errors():
             return self.index.rebuild(progress=progress)
-
-    # -- history ------------------------------------------------------------
-
-    def state_at(
-        self,
-        payment_id: UUID,
-        *,
-        version: int | None = None,
-        at: datetime | None = None,
-    ) -> Payment:
-        """The payment rebuilt from its stored events up to ``version`` or ``at``.
-
-        Raises:
-            InvalidInput: neither or both given, a bad version, a naive ``at``.
-            PaymentNotFound: no such payment, or it did not exist yet at ``at``.
-        """
-        payment_id = _check_id(payment_id)
-        if (version is None) == (at is None):
-            raise InvalidInput("version/at", "give exactly one of version= or at=")
-        if version is not None:
-            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-                raise InvalidInput("version", "must be a positive int")
-            events = list(self.stored_events(payment_id))
-            if version > len(events):
-                raise InvalidInput("version", f"payment has {len(events)} events")
-            return _project(events[:version])
-        instant = check_aware(at, "at")
-        events = [e for e in self.stored_events(payment_id) if e.timestamp <= instant]
-        if not events:
-            raise PaymentNotFound(payment_id)
-        return _project(events)
-
-    def stored_events(self, payment_id: UUID) -> Iterator[Payment.Event]:
-        """The payment's events, decoded, in order.
-
-        Raises:
-            InvalidInput: ``payment_id`` is not a UUID.
-            PaymentNotFound: no event is stored for this id.
-        """
-        payment_id = _check_id(payment_id)
-        with _storage_errors():
-            events: list[Payment.Event] = list(self.events.get(payment_id))  # type: ignore[arg-type]
-        if not events:
-            raise PaymentNotFound(payment_id)
-        return iter(events)
 
     # -- audit ---------------------------------------------------------------
     # klarna_flow._audit builds on Payments, so it is imported where it is used;
@@ -698,14 +478,6 @@ class Payments(Application[UUID]):
         return self.audit_log().verify(payment_id, progress=progress)
 
 
-def _project(events: list[Any]) -> Payment:
-    payment: Any = None
-    for event in events:
-        payment = event.mutate(payment)
-    assert isinstance(payment, Payment)
-    return payment
-
-
 def _check_completion(
     session_token: str | None, customer_token: str | None, payment_request_id: str | None
 ) -> None:
@@ -715,12 +487,6 @@ def _check_completion(
         check_secret_krn(customer_token, "customer_token")
     if payment_request_id is not None:
         check_krn(payment_request_id, "payment_request_id")
-
-
-def _check_id(payment_id: object) -> UUID:
-    if not isinstance(payment_id, UUID):
-        raise InvalidInput("payment_id", f"must be a UUID, not {type(payment_id).__name__}")
-    return payment_id
 
 
 def _check_flow(flow: object) -> Flow:
@@ -750,16 +516,3 @@ def _check_same_terms(
             command="create",
             state=existing.state.value,
         )
-
-
-@contextmanager
-def _storage_errors() -> Iterator[None]:
-    """Translate eventsourcing's persistence failures into StorageError."""
-    try:
-        yield
-    except RecordConflictError:
-        raise
-    except (PersistenceError, EventSourcingError) as e:
-        if isinstance(e, AggregateNotFoundError):
-            raise
-        raise StorageError(f"event store failure: {type(e).__name__}: {e}") from e
