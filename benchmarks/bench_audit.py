@@ -26,8 +26,8 @@ from uuid import uuid5
 
 from benchmarks._harness import best_of, report
 from klarna_flow import Flow, Payment, Payments, TokenCipher
-from klarna_flow._payment_store import payment_id_for
 from klarna_flow._audit import AuditLog
+from klarna_flow._payment_store import payment_id_for
 from klarna_flow._projections import _BATCH as REPLAY_PAGE
 from klarna_flow._verify import PAGE_SIZE as VERIFY_PAGE
 

@@ -30,10 +30,9 @@ from uuid import UUID
 
 import httpx
 from eventsourcing.application import Application
-from eventsourcing.domain import Aggregate
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from eventsourcing.utils import get_topic
 
+from benchmarks._bare import BarePayment, BareRecorder
 from benchmarks._harness import report
 from klarna_flow import Flow, Payments, SealedSecret, TokenCipher, generate_key
 from klarna_flow.klarna import KlarnaClient
@@ -50,88 +49,6 @@ KEYS = uuid.UUID("6f1b8e0c-1d2a-4c3b-9e4f-5a6b7c8d9e0f")
 
 
 # -- the baseline: a bare aggregate and a hand-written authorize -------------------
-
-
-class BaselineRecorder(SQLiteApplicationRecorder):
-    """eventsourcing's own SQLite recorder, in a table of its own."""
-
-    def __init__(
-        self, datastore: SQLiteDatastore, events_table_name: str = "baseline_stored_events"
-    ) -> None:
-        super().__init__(datastore, events_table_name=events_table_name)
-
-
-class BarePayment(Aggregate):
-    """The fields of ``Payment``'s events, with no lifecycle table or checks."""
-
-    class Created(Aggregate.Created):
-        flow: str
-        amount: int
-        currency: str
-        reference: str
-        partner_account_id: str
-        payment_request_id: str | None
-        request_expires_at: datetime
-        cause: str
-
-    class Event(Aggregate.Event):
-        cause: str
-
-    class Completed(Event):
-        completed_at: datetime
-        session_token: dict[str, str] | None
-        customer_token: dict[str, str] | None
-        payment_request_id: str | None
-
-        def apply(self, payment: BarePayment) -> None:
-            payment.state = "COMPLETED"
-            payment.completed_at = self.completed_at
-            payment.session_token = self.session_token
-
-    class AuthorizationRequested(Event):
-        idempotency_key: str
-        attempt: int
-
-        def apply(self, payment: BarePayment) -> None:
-            payment.state = "AUTHORIZING"
-            payment.idempotency_key = self.idempotency_key
-            payment.attempts = self.attempt
-
-    class Approved(Event):
-        payment_transaction_id: str
-        correlation_id: str | None
-        transaction_expires_at: datetime | None
-
-        def apply(self, payment: BarePayment) -> None:
-            payment.state = "AUTHORIZED"
-            payment.payment_transaction_id = self.payment_transaction_id
-            payment.correlation_id = self.correlation_id
-
-    def __init__(  # noqa: PLR0917  (eventsourcing passes event fields by name)
-        self,
-        flow: str,
-        amount: int,
-        currency: str,
-        reference: str,
-        partner_account_id: str,
-        payment_request_id: str | None,
-        request_expires_at: datetime,
-        cause: str,
-    ) -> None:
-        self.state = "CREATED"
-        self.flow = flow
-        self.amount = amount
-        self.currency = currency
-        self.reference = reference
-        self.partner_account_id = partner_account_id
-        self.payment_request_id = payment_request_id
-        self.request_expires_at = request_expires_at
-        self.completed_at: datetime | None = None
-        self.session_token: dict[str, str] | None = None
-        self.idempotency_key: str | None = None
-        self.attempts = 0
-        self.payment_transaction_id: str | None = None
-        self.correlation_id: str | None = None
 
 
 class Baseline(Application[UUID]):
@@ -175,12 +92,12 @@ class Baseline(Application[UUID]):
 
     def authorize(self, payment_id: UUID) -> str:
         payment: BarePayment = self.repository.get(payment_id)
-        key = str(uuid.uuid5(KEYS, f"{payment_id}:{payment.attempts + 1}"))
+        key = str(uuid.uuid5(KEYS, f"{payment_id}:{payment.authorization_attempts + 1}"))
         payment.trigger_event(
             BarePayment.AuthorizationRequested,
             cause="command:authorize",
             idempotency_key=key,
-            attempt=payment.attempts + 1,
+            attempt=payment.authorization_attempts + 1,
         )
         self.save(payment)
         assert payment.session_token is not None
@@ -252,7 +169,7 @@ def _sides() -> Iterator[tuple[Payments, FakeKlarna, Baseline, FakeKlarna]]:
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": path,
-            "APPLICATION_RECORDER_TOPIC": get_topic(BaselineRecorder),
+            "APPLICATION_RECORDER_TOPIC": get_topic(BareRecorder),
         }
         baseline = Baseline(env, base_fake, cipher)
         try:
