@@ -51,6 +51,7 @@ def test(argv: list[str]) -> None:
     _run(BIN / "ruff", "format", "--check", ".")
     _run(BIN / "mypy")
     _run(BIN / "python", "-m", "pytest", *argv)
+    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")  # the theme's end-of-life banner
     _run(BIN / "mkdocs", "build", "--strict", "--quiet", "--site-dir", VENV / "site")
 
 
