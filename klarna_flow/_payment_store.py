@@ -167,11 +167,14 @@ class PaymentStore(Application[UUID]):
             return MemoryIndex()
         create = bool(getattr(self.factory, "env_create_table", lambda: True)())
         schema = getattr(datastore, "schema", None)
+        events = getattr(self.recorder, "events_table_name", None)
         if schema is not None:  # PostgreSQL
             prefix, placeholder = f"{schema}.{self.name.lower()}", "%s"
+            log = (f"{schema}.{events}", "notification_id") if events else None
         else:
             prefix, placeholder = self.name.lower(), "?"
-        return SQLIndex(datastore, prefix=prefix, placeholder=placeholder, create=create)
+            log = (events, "rowid") if events else None
+        return SQLIndex(datastore, prefix=prefix, placeholder=placeholder, create=create, log=log)
 
     def construct_mapper(self) -> Mapper[UUID]:
         if self.factory.cipher() is not None or self.factory.compressor() is not None:

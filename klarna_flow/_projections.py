@@ -21,7 +21,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from klarna_flow._chain import DIGEST_SIZE
 from klarna_flow._lifecycle import AUTHORIZATION_WINDOW
-from klarna_flow._read_models import IndexRow, ReadModelStore
+from klarna_flow._read_models import IndexRow, ReadModelStore, RowValues, SQLIndex
 
 __all__ = ["PaymentIndex"]
 
@@ -55,6 +55,8 @@ _BATCH = 2000
 _CACHE_LIMIT = 200_000
 
 Progress = Callable[[int, int], None]
+LogRecord = tuple[int, Any, int, str, bytes]
+"""(notification id, originator id, version, topic, stored state) of one record."""
 
 
 def _seconds(value: Any) -> float:
@@ -169,6 +171,13 @@ class PaymentIndex:
                 cache[oid] = changed[oid] = row
         return changed
 
+    def _read_log(self, after: int, limit: int) -> list[LogRecord]:
+        """(id, originator id, version, topic, state) of the next records."""
+        return [
+            (n.id, n.originator_id, n.originator_version, n.topic, n.state)
+            for n in self.recorder.select_notifications(start=after + 1, limit=limit)
+        ]
+
     def rebuild(self, *, progress: Progress | None = None) -> int:
         """Drop the read models and rebuild them from the whole notification log.
 
@@ -180,15 +189,18 @@ class PaymentIndex:
         fold = _Fold()
         position = 0
         total = (self.recorder.max_notification_id() or 0) if progress else 0
+        # A store beside the events reads the log itself, leaner than the recorder.
+        store = self.store
+        read = store.read_log if isinstance(store, SQLIndex) and store.reads_log else self._read_log
         while len(fold) < _CACHE_LIMIT:
-            batch = self.recorder.select_notifications(start=position + 1, limit=_BATCH)
+            batch = read(position, _BATCH)
             if not batch:
                 break
             fold.add(batch)
-            position = batch[-1].id
+            position = batch[-1][0]
             if progress:
                 progress(position, total)
-        if not self.store.apply(fold.rows(), expected=0, position=position):
+        if not self.store.load(fold.values(), expected=0, position=position):
             return self.catch_up(progress=progress)  # a worker caught up meanwhile
         return fold.events + self.catch_up(progress=progress)
 
@@ -207,7 +219,7 @@ class _Fold:
     """The whole log folded per payment, keeping only the records rows are made of.
 
     Per payment: [created, state, version, last state change, last completion
-    or step-up, records that may name the payment request]. Rows come out
+    or step-up, records that may name the payment request, last step-up]. Rows come out
     equal to folding :func:`project` over the same records.
     """
 
@@ -219,53 +231,53 @@ class _Fold:
     def __len__(self) -> int:
         return len(self._acc)
 
-    def add(self, batch: Sequence[Notification]) -> None:
+    def add(self, batch: Sequence[LogRecord]) -> None:
         acc, kinds, state_of = self._acc, self._kinds, _STATE_OF
         for n in batch:
-            kind = kinds.get(n.topic)
+            _, oid, version, topic, _ = n
+            kind = kinds.get(topic)
             if kind is None:
-                kind = kinds[n.topic] = n.topic[n.topic.rfind(".") + 1 :]
+                kind = kinds[topic] = topic[topic.rfind(".") + 1 :]
             if kind == "PaymentCreated":
-                acc[n.originator_id] = [n, "CREATED", n.originator_version, n, None, [n]]
+                acc[oid] = [n, "CREATED", version, n, None, [n], None]
                 continue
-            a = acc.get(n.originator_id)
+            a = acc.get(oid)
             if a is None:
                 continue
-            a[2] = n.originator_version
+            a[2] = version
             state = state_of.get(kind)
             if state is not None and state != a[1]:
                 a[1], a[3] = state, n
             if kind in _STEP_UP_OR_COMPLETED:
                 a[4] = n
+                if kind == "StepUpRequired":
+                    a[6] = n
             if kind in _MAY_NAME_REQUEST:
                 a[5].append(n)
         self.events += len(batch)
 
-    def rows(self) -> dict[UUID, IndexRow]:
-        return {_uuid(oid): _row(a) for oid, a in self._acc.items()}
+    def values(self) -> list[RowValues]:
+        return [_row(a) for a in self._acc.values()]
 
 
-def _row(a: list[Any]) -> IndexRow:
-    created, state, version, change, last_cs, named = a
-    flow = _field(created.state, b"flow")
-    request_expires_at = _instant(created.state, b"request_expires_at")
+def _row(a: list[Any]) -> RowValues:
+    created, state, version, change, last_cs, named, step_up = a
+    flow = _field(created[4], b"flow")
+    request_expires_at = _instant((step_up or created)[4], b"request_expires_at")
     authorize_by = None
-    if last_cs is not None:
-        if last_cs.topic.endswith("StepUpRequired"):
-            request_expires_at = _instant(last_cs.state, b"request_expires_at")
-        elif flow != "TOKENIZATION":
-            authorize_by = _instant(last_cs.state, b"completed_at") + _WINDOW
+    if last_cs is not None and last_cs is not step_up and flow != "TOKENIZATION":
+        authorize_by = _instant(last_cs[4], b"completed_at") + _WINDOW
     request_id = None
     for n in reversed(named):
-        request_id = _field(n.state, b"payment_request_id")
+        request_id = _field(n[4], b"payment_request_id")
         if request_id is not None:
             break
-    return IndexRow(
-        _uuid(created.originator_id),
+    return (
+        created[1],
         state,
         flow,
         version,
-        _timestamp(change.state),
+        _timestamp(change[4]),
         request_expires_at,
         authorize_by,
         request_id,

@@ -11,14 +11,28 @@ even when several workers catch up at the same time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 from uuid import UUID
 
 import attrs
 
-__all__ = ["IndexRow", "MemoryIndex", "ReadModelStore", "SQLIndex"]
+__all__ = ["IndexRow", "MemoryIndex", "ReadModelStore", "RowValues", "SQLIndex"]
+
+RowValues = tuple[Any, str, str, int, float, float | None, float | None, str | None]
+"""An index row as plain values, in :class:`IndexRow` field order (the id as
+stored: a UUID or its text), for bulk loads."""
+
+
+def _deadline(
+    state: str, request_expires_at: float | None, authorize_by: float | None
+) -> float | None:
+    if state == "CREATED":
+        return request_expires_at
+    if state == "COMPLETED":
+        return authorize_by
+    return None
 
 
 @attrs.frozen
@@ -37,11 +51,7 @@ class IndexRow:
     @property
     def deadline(self) -> float | None:
         """When the expiry sweep may expire this payment, or None."""
-        if self.state == "CREATED":
-            return self.request_expires_at
-        if self.state == "COMPLETED":
-            return self.authorize_by
-        return None
+        return _deadline(self.state, self.request_expires_at, self.authorize_by)
 
 
 class ReadModelStore(Protocol):
@@ -53,6 +63,10 @@ class ReadModelStore(Protocol):
 
     def apply(self, rows: Mapping[UUID, IndexRow], *, expected: int, position: int) -> bool:
         """Write ``rows`` and move the position; False if it was not ``expected``."""
+        ...
+
+    def load(self, values: Sequence[RowValues], *, expected: int, position: int) -> bool:
+        """:meth:`apply` for many rows given as plain values (a rebuild)."""
         ...
 
     def by_payment_request(self, payment_request_id: str) -> UUID | None: ...
@@ -89,6 +103,10 @@ class MemoryIndex:
             self._rows.update(rows)
             self._position = position
             return True
+
+    def load(self, values: Sequence[RowValues], *, expected: int, position: int) -> bool:
+        rows = [IndexRow(_as_uuid(v[0]), *v[1:]) for v in values]
+        return self.apply({r.payment_id: r for r in rows}, expected=expected, position=position)
 
     def by_payment_request(self, payment_request_id: str) -> UUID | None:
         for r in list(self._rows.values()):
@@ -140,12 +158,22 @@ class SQLIndex:
         placeholder: ``?`` for SQLite, ``%s`` for PostgreSQL.
         create: create the tables if missing (eventsourcing's ``CREATE_TABLE``;
             workers that start together should leave this to one setup step).
+        log: (events table, position column) of the event store in the same
+            database, which a rebuild then reads directly (see :meth:`read_log`).
     """
 
     def __init__(
-        self, datastore: _Datastore, *, prefix: str, placeholder: str, create: bool = True
+        self,
+        datastore: _Datastore,
+        *,
+        prefix: str,
+        placeholder: str,
+        create: bool = True,
+        log: tuple[str, str] | None = None,
     ) -> None:
         self._ds = datastore
+        self._log = log
+        self.reads_log = log is not None
         self._index = f"{prefix}_payment_index"
         self._tracking = f"{prefix}_read_model_tracking"
         self._p = placeholder
@@ -182,6 +210,32 @@ class SQLIndex:
                 "ON CONFLICT (name) DO NOTHING"
             )
 
+    def read_log(self, after: int, limit: int) -> list[tuple[int, Any, int, str, bytes]]:
+        """The next records of the notification log after position ``after``.
+
+        A lean read of eventsourcing's events table (the columns every
+        recorder of 9.x writes), for rebuilds: rows stay tuples, and ids stay
+        as stored until a row needs them.
+        """
+        assert self._log is not None, "read_log needs the events table (log=)"
+        table, position = self._log
+        with self._ds.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT {position} AS position, originator_id, originator_version, topic, state "
+                f"FROM {table} WHERE {position} > {self._p} ORDER BY {position} LIMIT {self._p}",
+                (after, limit),
+            )
+            return [
+                (
+                    r["position"],
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["topic"],
+                    bytes(r["state"]),
+                )
+                for r in c.fetchall()
+            ]
+
     def position(self) -> int:
         with self._ds.transaction(commit=False) as c:
             c.execute(f"SELECT position FROM {self._tracking} WHERE name = 'index'")
@@ -207,6 +261,22 @@ class SQLIndex:
         return found
 
     def apply(self, rows: Mapping[UUID, IndexRow], *, expected: int, position: int) -> bool:
+        values = [
+            (
+                r.payment_id,
+                r.state,
+                r.flow,
+                r.version,
+                r.since,
+                r.request_expires_at,
+                r.authorize_by,
+                r.payment_request_id,
+            )
+            for r in rows.values()
+        ]
+        return self.load(values, expected=expected, position=position)
+
+    def load(self, values: Sequence[RowValues], *, expected: int, position: int) -> bool:
         p = self._p
         with self._ds.transaction(commit=True) as c:
             c.execute(
@@ -216,7 +286,7 @@ class SQLIndex:
             )
             if c.fetchone() is None:
                 return False
-            if rows:
+            if values:
                 c.executemany(
                     f"INSERT INTO {self._index} ({_COLUMNS}, deadline) "
                     f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
@@ -227,17 +297,17 @@ class SQLIndex:
                     "payment_request_id = excluded.payment_request_id",
                     [
                         (
-                            str(r.payment_id),
-                            r.state,
-                            r.flow,
-                            r.version,
-                            r.since,
-                            r.request_expires_at,
-                            r.authorize_by,
-                            r.payment_request_id,
-                            r.deadline,
+                            str(i),
+                            state,
+                            flow,
+                            version,
+                            since,
+                            rexp,
+                            aby,
+                            prid,
+                            _deadline(state, rexp, aby),
                         )
-                        for r in rows.values()
+                        for i, state, flow, version, since, rexp, aby, prid in values
                     ],
                 )
         return True
@@ -299,3 +369,7 @@ def _row(r: Any) -> IndexRow:
         authorize_by=r["authorize_by"],
         payment_request_id=r["payment_request_id"],
     )
+
+
+def _as_uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))

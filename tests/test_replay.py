@@ -12,11 +12,12 @@ import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
 
-from klarna_flow import Flow, Payments, PaymentState
+from klarna_flow import Flow, Payments, PaymentState, TokenCipher
 from klarna_flow._read_models import IndexRow
 from klarna_flow.testing import ManualClock
 from tests._flow_helpers import Kit, MakePayments, open_kit
@@ -177,3 +178,36 @@ def test_a_bulk_rebuild_equals_following_the_log_event_by_event(tmp_path: Path) 
         stepwise.catch_up()
         assert rebuilt == stepwise.store.all_rows()
         assert {row.state for row in rebuilt} >= {"AUTHORIZED", "DECLINED", "EXPIRED"}
+
+
+def test_a_rebuild_keeps_the_request_lifetime_a_step_up_renewed(tmp_path: Path) -> None:
+    """Step-up (a new request, a new lifetime) then completion: the rebuilt row
+    keeps the renewed lifetime, as following the log event by event does."""
+    from klarna_flow._projections import PaymentIndex
+    from klarna_flow._read_models import MemoryIndex
+
+    clock = ManualClock()
+
+    def make(**kwargs: Any) -> Payments:
+        return Payments.sqlite(
+            tmp_path / "p.sqlite", clock=clock, cipher=TokenCipher.ephemeral(), **kwargs
+        )
+
+    with open_kit(make, clock) as kit:
+        p = kit.payments
+        payment_id = kit.completed(Flow.AUTHORIZATION, via="command").payment_id
+        clock.advance(timedelta(minutes=10))
+        kit.fake.step_up_next()
+        outcome = p.authorize(payment_id)
+        assert outcome.state is PaymentState.CREATED
+        assert outcome.payment_request_id is not None
+        done = kit.fake.complete_payment_request(outcome.payment_request_id)
+        p.complete(payment_id, session_token=done.session_token)
+
+        live = p.read_model()
+        assert p.rebuild_read_models() == p.recorder.max_notification_id()
+        stepwise = PaymentIndex(p.recorder, MemoryIndex())
+        stepwise.catch_up()
+        assert p.read_model() == live == stepwise.store.all_rows()
+        assert live[0].request_expires_at == (clock.now() + timedelta(hours=3)).timestamp()
+        p.close()
