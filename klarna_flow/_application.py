@@ -17,6 +17,8 @@ from uuid import UUID
 from eventsourcing.utils import EnvType
 
 from klarna_flow._authorization import (
+    AUTHORIZE,
+    RECONCILE,
     AuthorizationOutcome,
     Intent,
     outcome_of,
@@ -281,7 +283,7 @@ class Payments(PaymentStore):
         """
         client = self._client()
         intent = record_intent(self, payment_id)
-        return self._send(client, intent, cause="command:authorize")
+        return self._send(client, intent, cause=AUTHORIZE)
 
     def _client(self) -> KlarnaClient:
         if self.klarna is None:
@@ -314,7 +316,7 @@ class Payments(PaymentStore):
         """
         client = self._client()
         return [
-            self._send(client, intent, cause="command:reconcile")
+            self._send(client, intent, cause=RECONCILE)
             for intent in self._stale_intents(older_than)
         ]
 
@@ -335,7 +337,7 @@ class Payments(PaymentStore):
         """:meth:`authorize` with ``AsyncKlarnaClient``; storage runs in a thread."""
         client = self._async_client()
         intent = await asyncio.to_thread(record_intent, self, payment_id)
-        return await self._send_async(client, intent, cause="command:authorize")
+        return await self._send_async(client, intent, cause=AUTHORIZE)
 
     async def _send_async(
         self, client: AsyncKlarnaClient, intent: Intent, *, cause: str
@@ -355,9 +357,7 @@ class Payments(PaymentStore):
         client = self._async_client()
         intents = await asyncio.to_thread(self._stale_intents, older_than)
         return list(
-            await asyncio.gather(
-                *(self._send_async(client, i, cause="command:reconcile") for i in intents)
-            )
+            await asyncio.gather(*(self._send_async(client, i, cause=RECONCILE) for i in intents))
         )
 
     def outcome(self, payment_id: UUID) -> AuthorizationOutcome:

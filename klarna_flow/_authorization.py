@@ -32,6 +32,7 @@ from klarna_flow._errors import (
     ConfigurationError,
     KlarnaAPIError,
     KlarnaError,
+    KlarnaRateLimited,
     KlarnaServerError,
 )
 from klarna_flow._lifecycle import PaymentState
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["AuthorizationOutcome", "Intent", "OutcomeResult"]
 
 _KEY_NAMESPACE = uuid.UUID("0d8a1c52-62c4-4b36-9d7e-8f1b5a0c3e77")
+AUTHORIZE = "command:authorize"
+RECONCILE = "command:reconcile"
 
 
 class OutcomeResult(enum.StrEnum):
@@ -188,9 +191,21 @@ def resume_intent(app: Payments, payment: Payment) -> Intent:
     )
 
 
-def is_ambiguous(error: KlarnaError) -> bool:
-    """True when Klarna may have acted despite the error."""
-    return not isinstance(error, KlarnaAPIError) or isinstance(error, KlarnaServerError)
+def is_ambiguous(error: KlarnaError, *, resent: bool = False) -> bool:
+    """True when Klarna may have acted on the key despite the error.
+
+    Any attempt of the call that may have reached Klarna makes it ambiguous
+    (``may_have_acted``), not only the last one. When the key is re-sent by
+    ``reconcile``, an earlier call already may have acted, so being rate
+    limited now proves nothing either; only another refusal (4xx) under the
+    same key, which Klarna would have answered with the original result,
+    shows that it never acted.
+    """
+    if error.may_have_acted or not isinstance(error, KlarnaAPIError):
+        return True
+    if isinstance(error, KlarnaServerError):
+        return True
+    return resent and isinstance(error, KlarnaRateLimited)
 
 
 def record_outcome(
@@ -229,7 +244,7 @@ def _apply(
     now = app.now()
     if response is None:
         assert error is not None
-        if is_ambiguous(error):
+        if is_ambiguous(error, resent=cause == RECONCILE):
             return  # stays AUTHORIZING for reconcile
         payment.fail(
             error=f"{type(error).__name__}: {error}",

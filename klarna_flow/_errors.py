@@ -187,11 +187,16 @@ class KlarnaError(KlarnaFlowError):
 
     Attributes:
         correlation_id: Klarna's ``Klarna-Correlation-Id`` when one was received.
+        may_have_acted: True when Klarna may have processed the request all
+            the same: this attempt or an earlier one of the same call timed
+            out, lost its connection after sending, got a 5xx or an answer
+            that could not be read. Set by the client when it gives up.
     """
 
     def __init__(self, message: str, *, correlation_id: str | None = None) -> None:
         super().__init__(message)
         self.correlation_id = correlation_id
+        self.may_have_acted = False
 
 
 class KlarnaTransportError(KlarnaError):

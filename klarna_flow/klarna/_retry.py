@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable
 
 import attrs
+import httpx
 
 from klarna_flow._errors import (
     InvalidInput,
+    KlarnaAPIError,
     KlarnaError,
     KlarnaRateLimited,
     KlarnaServerError,
@@ -80,6 +82,28 @@ class RetryPolicy:
         return delay
 
 
+# httpx failures that happen before a request leaves the machine.
+_NEVER_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+
+
+def may_have_acted(error: KlarnaError) -> bool:
+    """Whether Klarna may have processed the attempt that ended in ``error``.
+
+    Only an answer saying the request was refused (4xx, 429) or a failure to
+    connect at all proves it was not.
+    """
+    if isinstance(error, KlarnaAPIError):
+        return isinstance(error, KlarnaServerError)
+    if isinstance(error, KlarnaTransportError):
+        return not isinstance(error.__cause__, _NEVER_SENT)
+    return True  # an answer we could not read: Klarna may have acted
+
+
 def is_retryable(error: KlarnaError) -> bool:
     """429, 5xx and transport failures (timeouts included) are worth retrying."""
     return isinstance(error, KlarnaRateLimited | KlarnaServerError | KlarnaTransportError)
@@ -98,6 +122,8 @@ class Attempts:
     ) -> None:
         self.policy = policy
         self.number = 0
+        self.may_have_acted = False
+        """True once any attempt ended in a way that Klarna may have acted on."""
         self._monotonic = monotonic
         self._started = monotonic()
 
