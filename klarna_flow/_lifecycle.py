@@ -108,6 +108,7 @@ class Facts:
     has_session_token: bool = False
     has_customer_token: bool = False
     reported_by_klarna: bool = False
+    authorization_requested: bool = False
 
 
 @attrs.frozen
@@ -143,6 +144,12 @@ def _not_final(f: Facts) -> bool:
     return not is_final(f.state, f.flow)
 
 
+NEVER_REQUESTED = Guard(
+    "authorization_never_requested",
+    lambda f: not f.authorization_requested,
+    InvalidTransition,
+    "authorization was requested for it once; it can only expire now",
+)
 TOKENS_FIT = Guard(
     "tokens_fit_flow",
     _tokens_fit,
@@ -209,7 +216,7 @@ _TABLE: list[dict[str, Any]] = [
         "trigger": "cancel",
         "source": [_T.CREATED, _T.COMPLETED],
         "dest": _T.CANCELED,
-        "conditions": [NOT_FINAL],
+        "conditions": [NOT_FINAL, NEVER_REQUESTED],
     },
 ]
 

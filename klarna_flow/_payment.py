@@ -244,6 +244,7 @@ class Payment(Aggregate):
             has_session_token=self.session_token is not None,
             has_customer_token=self.customer_token is not None,
             reported_by_klarna=reported_by_klarna,
+            authorization_requested=self.authorization_attempts > 0,
         )
 
     # -- commands -----------------------------------------------------------

@@ -105,13 +105,18 @@ def _request_authorization(payment: Payment, now: datetime, fitting: bool) -> Ex
     return S.AUTHORIZING if now < payment.completed_at + WINDOW else CommandRefused
 
 
+def _open(payment: Payment) -> bool:
+    return payment.state in (S.CREATED, S.COMPLETED) and not is_final(payment)
+
+
 def _cancel(payment: Payment, now: datetime, fitting: bool) -> Expected:
-    open_ = payment.state in (S.CREATED, S.COMPLETED) and not is_final(payment)
-    return S.CANCELED if open_ else InvalidTransition
+    # "not once authorization was requested" (a failed or stepped-up attempt counts)
+    never_requested = payment.authorization_attempts == 0
+    return S.CANCELED if _open(payment) and never_requested else InvalidTransition
 
 
 def _expire(payment: Payment, now: datetime, fitting: bool) -> Expected:
-    if _cancel(payment, now, fitting) is InvalidTransition:
+    if not _open(payment):
         return InvalidTransition
     if payment.state is S.CREATED:
         deadline = payment.request_expires_at
