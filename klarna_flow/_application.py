@@ -33,10 +33,11 @@ from klarna_flow._errors import (
     ConcurrentModification,
     ConfigurationError,
     InvalidInput,
+    InvalidTransition,
     KlarnaError,
     ReferenceConflict,
 )
-from klarna_flow._lifecycle import DEFAULT_REQUEST_LIFETIME, Flow, PaymentState
+from klarna_flow._lifecycle import DEFAULT_REQUEST_LIFETIME, Flow, PaymentState, is_final
 from klarna_flow._notifications import NotificationHandler
 from klarna_flow._payment import Payment
 from klarna_flow._payment_store import (
@@ -163,8 +164,40 @@ class Payments(PaymentStore):
         try:
             self.save_payment(payment)  # the store's uniqueness decides: no read first
         except ConcurrentModification:
-            _check_same_terms(self.get(payment_id), terms, payment_request_id)
+            existing = self.get(payment_id)
+            _check_same_terms(existing, terms, payment_request_id)
+            if payment_request_id is not None and existing.payment_request_id is None:
+                # The same payment, now with Klarna's request id: keep it, or
+                # notifications could never find the payment.
+                self.identify_payment_request(
+                    payment_id, payment_request_id, cause="command:create"
+                )
         return payment_id
+
+    def identify_payment_request(
+        self, payment_id: UUID, payment_request_id: str, *, cause: str = "command:identify"
+    ) -> Payment:
+        """Record Klarna's ``payment_request_id`` of a payment, learned after creation.
+
+        Notifications find their payment by it. Recording the id it already
+        has records nothing.
+
+        Raises:
+            InvalidInput: not a KRN.
+            InvalidTransition: the payment is final.
+        """
+        check_krn(payment_request_id, "payment_request_id")
+        payment = self.get(check_payment_id(payment_id))
+        if is_final(payment.state, payment.flow):
+            raise InvalidTransition(
+                f"payment {payment_id} is {payment.state.value}: its request is settled",
+                payment_id=payment.id,
+                command="identify_payment_request",
+                state=payment.state.value,
+            )
+        payment.identify_payment_request(payment_request_id, now=self.now(), cause=cause)
+        self.save_payment(payment)
+        return payment
 
     def complete(
         self,

@@ -91,7 +91,11 @@ class NotificationHandler:
             return _result(envelope, 200, "ignored", payment.id, f"payment is {payment.state}")
         try:
             applied = self._command(envelope, payment, cause)
-        except (CommandRefused, InvalidInput) as e:
+        except InvalidInput as e:
+            # The body carries something unusable (a malformed token): answer
+            # 400 so the delivery stays visible at Klarna rather than vanish.
+            return _result(envelope, 400, "rejected", payment.id, str(e))
+        except CommandRefused as e:
             if isinstance(e, ConcurrentModification):
                 raise
             return _result(envelope, 200, "refused", payment.id, str(e))
@@ -108,7 +112,8 @@ class NotificationHandler:
                 payment,
                 session_token=envelope.token("klarna_network_session_token", "payment_token"),
                 customer_token=envelope.token("customer_token"),
-                completed_at=envelope.occurred_at,
+                # Klarna's clock may run ahead of ours: never record a future time.
+                completed_at=min(envelope.occurred_at, app.now()),
                 payment_request_id=envelope.payment_request_id,
                 cause=cause,
             )
