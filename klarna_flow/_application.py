@@ -10,6 +10,7 @@ models and audit trails are reached from here.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -35,6 +36,7 @@ from klarna_flow._errors import (
     InvalidInput,
     InvalidTransition,
     KlarnaError,
+    KlarnaFlowError,
     ReferenceConflict,
 )
 from klarna_flow._lifecycle import DEFAULT_REQUEST_LIFETIME, Flow, PaymentState, is_final
@@ -61,6 +63,8 @@ from klarna_flow._webhooks import NotificationResult
 from klarna_flow.klarna import AsyncKlarnaClient, AuthorizationResponse, KlarnaClient
 
 __all__ = ["Payments"]
+
+logger = logging.getLogger("klarna_flow")
 
 _CLOCK_SKEW = timedelta(minutes=5)
 
@@ -345,13 +349,18 @@ class Payments(PaymentStore):
         """Resolve payments left ``AUTHORIZING`` for longer than ``older_than``.
 
         Each is re-sent with its recorded idempotency key, so Klarna answers
-        with its original result and never creates a second transaction.
+        with its original result and never creates a second transaction. A
+        payment that cannot be re-sent (its token's key is not configured, a
+        store failure) is logged and skipped; the others go on.
         """
         client = self._client()
-        return [
-            self._send(client, intent, cause=RECONCILE)
-            for intent in self._stale_intents(older_than)
-        ]
+        outcomes = []
+        for intent in self._stale_intents(older_than):
+            try:
+                outcomes.append(self._send(client, intent, cause=RECONCILE))
+            except KlarnaFlowError as e:
+                _skipped(intent.payment_id, e)
+        return outcomes
 
     def _stale_intents(self, older_than: timedelta) -> list[Intent]:
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
@@ -361,9 +370,12 @@ class Payments(PaymentStore):
         for row in self.read_model("AUTHORIZING"):
             if row.since > cutoff:
                 continue
-            payment = self.get(row.payment_id)
-            if payment.state is PaymentState.AUTHORIZING:
-                intents.append(resume_intent(self, payment))
+            try:
+                payment = self.get(row.payment_id)
+                if payment.state is PaymentState.AUTHORIZING:
+                    intents.append(resume_intent(self, payment))
+            except KlarnaFlowError as e:
+                _skipped(row.payment_id, e)
         return intents
 
     async def authorize_async(self, payment_id: UUID) -> AuthorizationOutcome:
@@ -389,9 +401,16 @@ class Payments(PaymentStore):
         """:meth:`reconcile` with ``AsyncKlarnaClient``, calls sent concurrently."""
         client = self._async_client()
         intents = await asyncio.to_thread(self._stale_intents, older_than)
-        return list(
-            await asyncio.gather(*(self._send_async(client, i, cause=RECONCILE) for i in intents))
-        )
+
+        async def resend(intent: Intent) -> AuthorizationOutcome | None:
+            try:
+                return await self._send_async(client, intent, cause=RECONCILE)
+            except KlarnaFlowError as e:
+                _skipped(intent.payment_id, e)
+                return None
+
+        outcomes = await asyncio.gather(*(resend(i) for i in intents))
+        return [o for o in outcomes if o is not None]
 
     def outcome(self, payment_id: UUID) -> AuthorizationOutcome:
         """The authorization outcome as recorded now."""
@@ -509,6 +528,10 @@ class Payments(PaymentStore):
             there is none.
         """
         return self.audit_log().verify(payment_id, progress=progress)
+
+
+def _skipped(payment_id: UUID, error: KlarnaFlowError) -> None:
+    logger.warning("reconcile skipped payment %s: %s: %s", payment_id, type(error).__name__, error)
 
 
 def _check_completion(

@@ -220,9 +220,10 @@ class PaymentStore(Application[UUID]):
     ) -> TokenCipher:
         if cipher is not None:
             return cipher
+        # self.env is eventsourcing's: os.environ overlaid with the env argument.
         if allow_plaintext is None:
-            allow_plaintext = strtobool(os.environ.get(ALLOW_PLAINTEXT_ENV, "no") or "no")
-        from_env = TokenCipher.from_env(os.environ, plaintext=allow_plaintext)
+            allow_plaintext = strtobool(self.env.get(ALLOW_PLAINTEXT_ENV, "no") or "no")
+        from_env = TokenCipher.from_env(self.env, plaintext=allow_plaintext)
         if from_env is not None:
             return from_env
         if not self.is_durable:
@@ -339,8 +340,6 @@ def storage_errors() -> Iterator[None]:
     """Translate eventsourcing's persistence failures into StorageError."""
     try:
         yield
-    except RecordConflictError:
-        raise
     except (PersistenceError, EventSourcingError) as e:
         if isinstance(e, AggregateNotFoundError):
             raise

@@ -156,8 +156,13 @@ def test_create_is_idempotent_when_the_request_id_was_not_known_at_first(
     payments: Payments,
 ) -> None:
     pid = create(payments)
-    assert create(payments, payment_request_id="krn:payment:eu1:payment-request:1") == pid
-    assert recorded(payments) == 1
+    request_id = "krn:payment:eu1:payment-request:1"
+    assert create(payments, payment_request_id=request_id) == pid
+    # the id learned late is kept (notifications find the payment by it), once
+    assert payments.get(pid).payment_request_id == request_id
+    assert len(events(payments, pid)) == 2
+    assert create(payments, payment_request_id=request_id) == pid
+    assert len(events(payments, pid)) == 2
 
 
 def test_the_same_reference_under_another_account_is_another_payment(
