@@ -21,22 +21,14 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from klarna_flow._chain import DIGEST_SIZE
 from klarna_flow._lifecycle import AUTHORIZATION_WINDOW
+from klarna_flow._payment import EVENT_STATES
 from klarna_flow._read_models import IndexRow, ReadModelStore, RowValues, SQLIndex
 
 __all__ = ["PaymentIndex"]
 
 _WINDOW = AUTHORIZATION_WINDOW.total_seconds()
-_STATE_OF = {
-    "PaymentCreated": "CREATED",
-    "PurchaseCompleted": "COMPLETED",
-    "AuthorizationRequested": "AUTHORIZING",
-    "AuthorizationApproved": "AUTHORIZED",
-    "AuthorizationDeclined": "DECLINED",
-    "StepUpRequired": "CREATED",
-    "AuthorizationFailed": "COMPLETED",
-    "PaymentExpired": "EXPIRED",
-    "PaymentCanceled": "CANCELED",
-}
+# The state each event leaves a payment in, as the read model stores it.
+_STATE_OF = {name: state.value for name, state in EVENT_STATES.items() if state is not None}
 # Events whose payload holds nothing the index keeps but their time (and no
 # payment_request_id): their rows are updated from the timestamp alone.
 _TIME_ONLY = frozenset(
