@@ -54,4 +54,8 @@ def test_four_processes_race_through_200_payments(pg_schema: str) -> None:
         # The read model saw every event exactly once.
         assert payments.counts_by_state() == {"AUTHORIZED": 200}
         assert payments.index.store.position() == notifications[-1].id
+        # And the hash chain of every payment checks out.
+        report = payments.verify()
+        assert report.ok, report
+        assert report.events_checked == 800
         payments.close()
