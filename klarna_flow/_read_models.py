@@ -79,6 +79,10 @@ class ReadModelStore(Protocol):
 
     def all_rows(self) -> list[IndexRow]: ...
 
+    def versions(self) -> list[tuple[UUID, int]]:
+        """(payment id, last version seen) of every row, cheaper than all rows."""
+        ...
+
     def clear(self) -> None: ...
 
 
@@ -132,6 +136,9 @@ class MemoryIndex:
 
     def all_rows(self) -> list[IndexRow]:
         return sorted(self._rows.values(), key=lambda r: str(r.payment_id))
+
+    def versions(self) -> list[tuple[UUID, int]]:
+        return [(r.payment_id, r.version) for r in list(self._rows.values())]
 
     def clear(self) -> None:
         with self._lock:
@@ -345,6 +352,11 @@ class SQLIndex:
 
     def all_rows(self) -> list[IndexRow]:
         return list(self._iter_all())
+
+    def versions(self) -> list[tuple[UUID, int]]:
+        with self._ds.transaction(commit=False) as c:
+            c.execute(f"SELECT payment_id, version FROM {self._index}")
+            return [(_as_uuid(r["payment_id"]), int(r["version"])) for r in c.fetchall()]
 
     def _iter_all(self) -> Iterator[IndexRow]:
         with self._ds.transaction(commit=False) as c:

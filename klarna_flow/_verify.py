@@ -312,15 +312,15 @@ class _Walk:
         index = self.verifier.index
         if index is None:
             return
-        for row in index.all_rows():
-            key = row.payment_id.int
+        for payment_id, version in index.versions():
+            key = payment_id.int
             if key in self.bad:
                 continue
             head = self.heads.get(key)
             stored = head[0] if head is not None else self.settled.get(key, 0)
-            if row.version > stored:
+            if version > stored:
                 # Look again: a writer may have appended after the walk passed.
-                finding, _ = self.verifier.recheck(row.payment_id, row.version)
+                finding, _ = self.verifier.recheck(payment_id, version)
                 if finding is not None:
                     self._found(finding)
 
