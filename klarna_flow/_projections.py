@@ -279,15 +279,25 @@ def _row(a: list[Any]) -> RowValues:
 _DATETIME = b'{"_type_":"datetime_iso","_data_":"'
 
 
+def _key(key: bytes) -> bytes:
+    return b'"' + key + b'":'
+
+
+# The byte patterns rows are read by, built once.
+_KEYS = {k: _key(k) for k in (b"flow", b"payment_request_id")}
+_INSTANTS = {k: _key(k) + _DATETIME for k in (b"request_expires_at", b"completed_at")}
+
+
 def _field(stored: bytes, key: bytes) -> Any:
     """A top-level string (or null) field of a stored payload, read in place.
 
     JSON escapes every quote inside a string, so ``"key":`` can only match the
     key itself; anything unexpected falls back to decoding the whole payload.
     """
-    at = stored.find(b'"' + key + b'":', DIGEST_SIZE)
+    pattern = _KEYS.get(key) or _key(key)
+    at = stored.find(pattern, DIGEST_SIZE)
     if at >= 0:
-        value = at + len(key) + 3
+        value = at + len(pattern)
         if stored.startswith(b"null", value):
             return None
         if stored.startswith(b'"', value):
@@ -299,9 +309,10 @@ def _field(stored: bytes, key: bytes) -> Any:
 
 def _instant(stored: bytes, key: bytes) -> float:
     """POSIX seconds of a top-level datetime field, read in place."""
-    at = stored.find(b'"' + key + b'":' + _DATETIME, DIGEST_SIZE)
+    pattern = _INSTANTS.get(key) or _key(key) + _DATETIME
+    at = stored.find(pattern, DIGEST_SIZE)
     if at >= 0:
-        value = at + len(key) + 3 + len(_DATETIME)
+        value = at + len(pattern)
         return datetime.fromisoformat(
             stored[value : stored.index(b'"', value)].decode()
         ).timestamp()

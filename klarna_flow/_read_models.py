@@ -150,6 +150,8 @@ class _Datastore(Protocol):
     def transaction(self, *, commit: bool) -> AbstractContextManager[Any]: ...
 
 
+# (index name suffix, column) of the index's secondary indexes.
+_SECONDARY = (("deadline", "deadline"), ("state", "state"), ("request", "payment_request_id"))
 _COLUMNS = (
     "payment_id, state, flow, version, since, request_expires_at, authorize_by, payment_request_id"
 )
@@ -196,18 +198,7 @@ class SQLIndex:
                 "request_expires_at DOUBLE PRECISION, authorize_by DOUBLE PRECISION, "
                 "payment_request_id TEXT, deadline DOUBLE PRECISION)"
             )
-            c.execute(
-                f"CREATE INDEX IF NOT EXISTS {self._index.split('.')[-1]}_deadline "
-                f"ON {self._index} (deadline)"
-            )
-            c.execute(
-                f"CREATE INDEX IF NOT EXISTS {self._index.split('.')[-1]}_state "
-                f"ON {self._index} (state)"
-            )
-            c.execute(
-                f"CREATE INDEX IF NOT EXISTS {self._index.split('.')[-1]}_request "
-                f"ON {self._index} (payment_request_id)"
-            )
+            self._create_indexes(c)
             c.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._tracking} ("
                 "name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
@@ -216,6 +207,11 @@ class SQLIndex:
                 f"INSERT INTO {self._tracking} (name, position) VALUES ('index', 0) "
                 "ON CONFLICT (name) DO NOTHING"
             )
+
+    def _create_indexes(self, c: Any) -> None:
+        name = self._index.split(".")[-1]  # PostgreSQL puts an index beside its table
+        for suffix, column in _SECONDARY:
+            c.execute(f"CREATE INDEX IF NOT EXISTS {name}_{suffix} ON {self._index} ({column})")
 
     def read_log(self, after: int, limit: int) -> list[tuple[int, Any, int, str, bytes]]:
         """The next records of the notification log after position ``after``.
@@ -317,6 +313,8 @@ class SQLIndex:
                         for i, state, flow, version, since, rexp, aby, prid in values
                     ],
                 )
+            if expected == 0:  # the first load after a clear: index the rows once
+                self._create_indexes(c)
         return True
 
     def by_payment_request(self, payment_request_id: str) -> UUID | None:
@@ -365,8 +363,12 @@ class SQLIndex:
                 yield _row(r)
 
     def clear(self) -> None:
+        """Empty the read models; the secondary indexes go too, and come back
+        with the first load (a rebuild writes every row once, then indexes)."""
         with self._ds.transaction(commit=True) as c:
             c.execute(f"DELETE FROM {self._index}")
+            for suffix, _ in _SECONDARY:
+                c.execute(f"DROP INDEX IF EXISTS {self._index}_{suffix}")
             c.execute(f"UPDATE {self._tracking} SET position = 0 WHERE name = 'index'")
 
 

@@ -211,3 +211,26 @@ def test_a_rebuild_keeps_the_request_lifetime_a_step_up_renewed(tmp_path: Path) 
         assert p.read_model() == live == stepwise.store.all_rows()
         assert live[0].request_expires_at == (clock.now() + timedelta(hours=3)).timestamp()
         p.close()
+
+
+def test_a_rebuild_leaves_the_index_tables_indexed(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "p.sqlite"
+    payments = Payments.sqlite(db, cipher=TokenCipher.ephemeral())
+    payments.create(flow=Flow.AUTHORIZATION, amount=1, currency="EUR", reference="indexed")
+
+    def indexes() -> set[str]:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?",
+                ("payments_payment_index",),
+            )
+            return {name for (name,) in rows if not name.startswith("sqlite_")}
+
+    expected = {f"payments_payment_index_{s}" for s in ("deadline", "state", "request")}
+    assert indexes() == expected
+    assert payments.rebuild_read_models() == 1
+    assert indexes() == expected
+    assert payments.counts_by_state() == {"CREATED": 1}
+    payments.close()
