@@ -16,7 +16,6 @@ failures that prove Klarna did not act (4xx, rate limiting) record
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import uuid
 from datetime import datetime
@@ -164,14 +163,25 @@ def _expire_if_window_elapsed(app: Payments, payment: Payment, now: datetime) ->
     if now < authorize_by:
         return
     payment.expire(now=now, reason="AUTHORIZATION_WINDOW", cause="command:authorize")
-    with contextlib.suppress(ConcurrentModification):  # if someone else did, it stands
+    try:
         app.save_payment(payment)
+        state = PaymentState.EXPIRED
+    except ConcurrentModification:
+        # Another writer changed it first: say what it did, not what we meant to.
+        state = app.get(payment.id).state
+        if state is PaymentState.AUTHORIZING:
+            raise AuthorizationInProgress(
+                f"another worker requested authorization of payment {payment.id} first",
+                payment_id=payment.id,
+                command="request_authorization",
+                state=state.value,
+            ) from None
     raise AuthorizationWindowElapsed(
         f"the authorization window of payment {payment.id} closed at "
-        f"{authorize_by.isoformat()}; the payment is now EXPIRED",
+        f"{authorize_by.isoformat()}; the payment is {state.value}",
         payment_id=payment.id,
         command="request_authorization",
-        state=PaymentState.EXPIRED.value,
+        state=state.value,
     )
 
 
