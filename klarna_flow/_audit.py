@@ -37,6 +37,7 @@ from klarna_flow._errors import ConfigurationError, InvalidInput, PaymentNotFoun
 from klarna_flow._lifecycle import PaymentState
 from klarna_flow._payment import EVENT_STATES, Payment
 from klarna_flow._projections import Progress
+from klarna_flow._read_models import as_uuid
 from klarna_flow._sealed import PLAINTEXT_KEY_ID, SealedSecret
 from klarna_flow._secrets import MASK, mask
 from klarna_flow._verify import ChainVerifier, VerificationReport
@@ -247,7 +248,7 @@ class AuditLog:
             raise PaymentNotFound(payment_id)
         return list(
             entries(
-                (_uuid(r.originator_id), r.originator_version, r.topic, r.state) for r in records
+                (as_uuid(r.originator_id), r.originator_version, r.topic, r.state) for r in records
             )
         )
 
@@ -280,7 +281,7 @@ class AuditLog:
             start = 1
             while page := recorder.select_notifications(start=start, limit=PAGE_SIZE):
                 for n in page:
-                    oid = _uuid(n.originator_id)
+                    oid = as_uuid(n.originator_id)
                     entry = read_entry(oid, n.originator_version, n.topic, n.state, states.get(oid))
                     if entry.state_after is not None:
                         states[oid] = entry.state_after
@@ -353,10 +354,6 @@ def _read_errors() -> Iterator[None]:
 
 def _line(entry: AuditEntry) -> str:
     return json.dumps(entry.as_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
-
-
-def _uuid(value: UUID | str) -> UUID:
-    return value if isinstance(value, UUID) else UUID(value)
 
 
 # -- keyless, write-refusing access -------------------------------------------------

@@ -91,18 +91,6 @@ class ChainedMapper(Mapper[UUID]):
         self._remember(oid, stored_event.originator_version, state[:DIGEST_SIZE])
         return super().to_domain_event(_Payload(stored_event, state[DIGEST_SIZE:]))
 
-    def decode_payload(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        """Decode without touching the chain cache (used by read models)."""
-        _, payload = split(stored_event.state)
-        return super().to_domain_event(
-            StoredEvent(
-                stored_event.originator_id,
-                stored_event.originator_version,
-                stored_event.topic,
-                payload,
-            )
-        )
-
     def _unsaved(self) -> dict[UUID | str, tuple[int, bytes]]:
         heads: dict[UUID | str, tuple[int, bytes]] | None = getattr(self._local, "heads", None)
         if heads is None:

@@ -22,7 +22,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 from klarna_flow._chain import DIGEST_SIZE
 from klarna_flow._lifecycle import AUTHORIZATION_WINDOW
 from klarna_flow._payment import EVENT_STATES
-from klarna_flow._read_models import IndexRow, ReadModelStore, RowValues, SQLIndex
+from klarna_flow._read_models import IndexRow, ReadModelStore, RowValues, SQLIndex, as_uuid
 
 __all__ = ["PaymentIndex"]
 
@@ -63,7 +63,7 @@ def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
     if kind == "PaymentCreated":
         fields = json.loads(n.state[DIGEST_SIZE:])
         return IndexRow(
-            payment_id=_uuid(n.originator_id),
+            payment_id=as_uuid(n.originator_id),
             state="CREATED",
             flow=fields["flow"],
             version=n.originator_version,
@@ -152,12 +152,12 @@ class PaymentIndex:
         self, batch: Sequence[Notification], cache: dict[UUID, IndexRow], *, lookup: bool
     ) -> dict[UUID, IndexRow]:
         if lookup:
-            ids = {_uuid(n.originator_id) for n in batch}
+            ids = {as_uuid(n.originator_id) for n in batch}
             missing = [i for i in ids if i not in cache]
             cache.update(self.store.rows(missing))
         changed: dict[UUID, IndexRow] = {}
         for n in batch:
-            oid = _uuid(n.originator_id)
+            oid = as_uuid(n.originator_id)
             row = project(cache.get(oid), n)
             if row is not None:
                 cache[oid] = changed[oid] = row
@@ -195,10 +195,6 @@ class PaymentIndex:
         if not self.store.load(fold.values(), expected=0, position=position):
             return self.catch_up(progress=progress)  # a worker caught up meanwhile
         return fold.events + self.catch_up(progress=progress)
-
-
-def _uuid(value: UUID | str) -> UUID:
-    return value if isinstance(value, UUID) else UUID(value)
 
 
 _STEP_UP_OR_COMPLETED = frozenset({"PurchaseCompleted", "StepUpRequired"})

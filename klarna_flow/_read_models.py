@@ -18,7 +18,7 @@ from uuid import UUID
 
 import attrs
 
-__all__ = ["IndexRow", "MemoryIndex", "ReadModelStore", "RowValues", "SQLIndex"]
+__all__ = ["IndexRow", "MemoryIndex", "ReadModelStore", "RowValues", "SQLIndex", "as_uuid"]
 
 RowValues = tuple[Any, str, str, int, float, float | None, float | None, str | None]
 """An index row as plain values, in :class:`IndexRow` field order (the id as
@@ -109,7 +109,7 @@ class MemoryIndex:
             return True
 
     def load(self, values: Sequence[RowValues], *, expected: int, position: int) -> bool:
-        rows = [IndexRow(_as_uuid(v[0]), *v[1:]) for v in values]
+        rows = [IndexRow(as_uuid(v[0]), *v[1:]) for v in values]
         return self.apply({r.payment_id: r for r in rows}, expected=expected, position=position)
 
     def by_payment_request(self, payment_request_id: str) -> UUID | None:
@@ -354,7 +354,7 @@ class SQLIndex:
     def versions(self) -> list[tuple[UUID, int]]:
         with self._ds.transaction(commit=False) as c:
             c.execute(f"SELECT payment_id, version FROM {self._index}")
-            return [(_as_uuid(r["payment_id"]), int(r["version"])) for r in c.fetchall()]
+            return [(as_uuid(r["payment_id"]), int(r["version"])) for r in c.fetchall()]
 
     def _iter_all(self) -> Iterator[IndexRow]:
         with self._ds.transaction(commit=False) as c:
@@ -385,5 +385,6 @@ def _row(r: Any) -> IndexRow:
     )
 
 
-def _as_uuid(value: Any) -> UUID:
+def as_uuid(value: Any) -> UUID:
+    """A payment id as a UUID, whether a store gave it as a UUID or as text."""
     return value if isinstance(value, UUID) else UUID(str(value))

@@ -36,7 +36,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from klarna_flow._chain import DIGEST_SIZE, link, split
 from klarna_flow._errors import PaymentNotFound
 from klarna_flow._projections import Progress
-from klarna_flow._read_models import ReadModelStore
+from klarna_flow._read_models import ReadModelStore, as_uuid
 
 __all__ = ["PROBLEMS", "ChainVerifier", "Finding", "VerificationReport"]
 
@@ -263,7 +263,7 @@ class _Walk:
             try:
                 key = n.originator_id.int
             except AttributeError:  # not a UUID: the recheck says what
-                self._recheck(_uuid(n.originator_id))
+                self._recheck(as_uuid(n.originator_id))
                 continue
             if key in settled:
                 continue
@@ -323,7 +323,3 @@ class _Walk:
                 finding, _ = self.verifier.recheck(payment_id, version)
                 if finding is not None:
                     self._found(finding)
-
-
-def _uuid(value: UUID | str) -> UUID:
-    return value if isinstance(value, UUID) else UUID(value)
