@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import TypeVar
 from uuid import UUID
 
 from eventsourcing.utils import EnvType
@@ -37,6 +38,7 @@ from klarna_flow._errors import (
     InvalidTransition,
     KlarnaError,
     KlarnaFlowError,
+    PaymentNotFound,
     ReferenceConflict,
 )
 from klarna_flow._lifecycle import DEFAULT_REQUEST_LIFETIME, Flow, PaymentState, is_final
@@ -54,6 +56,7 @@ from klarna_flow._sealed import SealedSecret
 from klarna_flow._validation import (
     check_amount,
     check_aware,
+    check_cause,
     check_currency,
     check_krn,
     check_reference,
@@ -118,8 +121,8 @@ class Payments(PaymentStore):
             allow_plaintext=allow_plaintext,
             request_lifetime=request_lifetime,
         )
-        self.klarna = klarna
-        self.async_klarna = async_klarna
+        self.klarna = _check_type(klarna, KlarnaClient, "klarna")
+        self.async_klarna = _check_type(async_klarna, AsyncKlarnaClient, "async_klarna")
         self.notifications = NotificationHandler(self, signing_keys or {})
 
     # -- commands ----------------------------------------------------------
@@ -191,6 +194,7 @@ class Payments(PaymentStore):
             InvalidTransition: the payment is final.
         """
         check_krn(payment_request_id, "payment_request_id")
+        check_cause(cause)
         payment = self.get(check_payment_id(payment_id))
         if is_final(payment.state, payment.flow):
             raise InvalidTransition(
@@ -222,6 +226,7 @@ class Payments(PaymentStore):
         """
         payment_id = check_payment_id(payment_id)
         _check_completion(session_token, customer_token, payment_request_id)
+        check_cause(cause)
         if completed_at is not None:
             check_aware(completed_at, "completed_at")
         return self.complete_loaded(
@@ -249,6 +254,7 @@ class Payments(PaymentStore):
             ConcurrentModification: the payment changed after it was loaded.
         """
         _check_completion(session_token, customer_token, payment_request_id)
+        check_cause(cause)
         now = self.now()
         when = now if completed_at is None else check_aware(completed_at, "completed_at")
         if when > now + _CLOCK_SKEW:
@@ -277,6 +283,7 @@ class Payments(PaymentStore):
             InvalidTransition: the payment is final (a completed pure
                 tokenization payment never expires).
         """
+        check_cause(cause)
         payment = self.get(payment_id)
         reason = (
             "REQUEST_LIFETIME" if payment.state is PaymentState.CREATED else "AUTHORIZATION_WINDOW"
@@ -291,6 +298,7 @@ class Payments(PaymentStore):
         Raises:
             InvalidTransition: authorization was requested, or the payment is final.
         """
+        check_cause(cause)
         payment = self.get(payment_id)
         payment.cancel(now=self.now(), cause=cause)
         self.save_payment(payment)
@@ -323,16 +331,17 @@ class Payments(PaymentStore):
         return self._send(client, intent, cause=AUTHORIZE)
 
     def _client(self) -> KlarnaClient:
+        """The client, checked able to send before anything is recorded."""
         if self.klarna is None:
             msg = "Payments was constructed without klarna=KlarnaClient(...)"
             raise ConfigurationError(msg)
-        return self.klarna
+        return _usable(self.klarna)
 
     def _async_client(self) -> AsyncKlarnaClient:
         if self.async_klarna is None:
             msg = "Payments was constructed without async_klarna=AsyncKlarnaClient(...)"
             raise ConfigurationError(msg)
-        return self.async_klarna
+        return _usable(self.async_klarna)
 
     def _send(self, client: KlarnaClient, intent: Intent, *, cause: str) -> AuthorizationOutcome:
         response: AuthorizationResponse | None = None
@@ -412,9 +421,31 @@ class Payments(PaymentStore):
         outcomes = await asyncio.gather(*(resend(i) for i in intents))
         return [o for o in outcomes if o is not None]
 
-    def outcome(self, payment_id: UUID) -> AuthorizationOutcome:
-        """The authorization outcome as recorded now."""
-        return outcome_of(self.get(payment_id))
+    def outcome(self, payment_id: UUID) -> AuthorizationOutcome | None:
+        """The outcome of the payment's last authorization attempt, as recorded now.
+
+        Returns:
+            None when authorization was never requested (Klarna was never
+            asked, so there is no outcome to report).
+        """
+        payment = self.get(payment_id)
+        return None if payment.last_result is None else outcome_of(payment)
+
+    def unresolved(self) -> list[IndexRow]:
+        """Payments whose authorization may have reached Klarna and waits for evidence.
+
+        Each is still ``AUTHORIZING``: a re-send was answered with an error that
+        proves nothing about the call before it (see the audit trail for the
+        answer). Found through the payment index, then checked on the payment.
+        """
+        rows = []
+        for row in self.read_model(PaymentState.AUTHORIZING):
+            try:
+                if self.get(row.payment_id).is_unresolved:
+                    rows.append(row)
+            except PaymentNotFound:
+                continue  # deleted from the store under the index: verify reports it
+        return rows
 
     # -- expiry and notifications ----------------------------------------------
 
@@ -469,7 +500,7 @@ class Payments(PaymentStore):
             self.index.catch_up()
             if state is None:
                 return self.index.store.all_rows()
-            return self.index.store.in_state(PaymentState(state).value)
+            return self.index.store.in_state(_check_state(state).value)
 
     def counts_by_state(self) -> dict[str, int]:
         """How many payments are in each state (from the read model)."""
@@ -543,6 +574,33 @@ def _check_completion(
         check_secret_krn(customer_token, "customer_token")
     if payment_request_id is not None:
         check_krn(payment_request_id, "payment_request_id")
+
+
+_Typed = TypeVar("_Typed")
+
+
+def _check_type(value: _Typed | None, kind: type[_Typed], field: str) -> _Typed | None:
+    if value is not None and not isinstance(value, kind):
+        raise InvalidInput(field, f"must be a {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+_Client = TypeVar("_Client", KlarnaClient, AsyncKlarnaClient)
+
+
+def _usable(client: _Client) -> _Client:
+    if client.is_closed:
+        msg = f"the {type(client).__name__} given to Payments is closed; nothing was recorded"
+        raise ConfigurationError(msg)
+    return client
+
+
+def _check_state(state: object) -> PaymentState:
+    try:
+        return PaymentState(str(state))
+    except ValueError:
+        names = ", ".join(s.value for s in PaymentState)
+        raise InvalidInput("state", f"must be one of {names}") from None
 
 
 def _check_flow(flow: object) -> Flow:

@@ -9,14 +9,22 @@
 
 A failure after which Klarna may have acted (5xx, timeout, dropped connection,
 an answer we cannot read) leaves the payment ``AUTHORIZING``: ``reconcile``
-re-sends the same key later and Klarna answers with the original result. Only
-failures that prove Klarna did not act (4xx, rate limiting) record
-``AuthorizationFailed`` and reopen the payment for another attempt.
+re-sends the same key and session token later, and Klarna answers with the
+original result. Only a refusal (4xx, rate limiting) of a first call none of
+whose attempts may have reached Klarna records ``AuthorizationFailed`` and
+reopens the payment for another attempt.
+
+A re-send is never booked as failed: the call before it may have reached
+Klarna, and an error now (past the 24-hour key window, say) proves nothing
+about it. A refusal that re-sending cannot change records
+``AuthorizationUnresolved``, logged at ERROR: the payment stays
+``AUTHORIZING`` and waits for evidence.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -43,6 +51,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AuthorizationOutcome", "Intent", "OutcomeResult"]
 
+logger = logging.getLogger("klarna_flow")
+
 _KEY_NAMESPACE = uuid.UUID("0d8a1c52-62c4-4b36-9d7e-8f1b5a0c3e77")
 AUTHORIZE = "command:authorize"
 RECONCILE = "command:reconcile"
@@ -58,6 +68,9 @@ class OutcomeResult(enum.StrEnum):
     """Klarna refused the request without acting; another attempt is allowed."""
     PENDING = "PENDING"
     """Unknown whether Klarna acted; ``reconcile`` will find out."""
+    UNRESOLVED = "UNRESOLVED"
+    """Klarna may have acted and a re-send could not tell: evidence is needed
+    (the payment stays ``AUTHORIZING``; see ``Payments.unresolved``)."""
 
 
 @attrs.frozen
@@ -137,12 +150,7 @@ def record_intent(app: Payments, payment_id: UUID) -> Intent:
     try:
         app.save_payment(payment)
     except ConcurrentModification as e:
-        raise AuthorizationInProgress(
-            f"another worker changed payment {payment_id} first; no call was made",
-            payment_id=payment_id,
-            command="request_authorization",
-            state=payment.state.value,
-        ) from e
+        raise _lost_race(app, payment) from e
     assert token is not None  # the guard requires a session token
     return Intent(
         payment_id=payment_id,
@@ -153,6 +161,26 @@ def record_intent(app: Payments, payment_id: UUID) -> Intent:
         reference=payment.reference,
         idempotency_key=key,
         payment=payment,
+    )
+
+
+def _lost_race(app: Payments, payment: Payment) -> ConcurrentModification:
+    """The error for a request that another writer beat: it names the state found."""
+    found = app.get(payment.id)
+    if found.authorization_attempts >= payment.authorization_attempts:
+        return AuthorizationInProgress(
+            f"another worker requested authorization of payment {payment.id} first "
+            f"(it is now {found.state.value}); no call was made",
+            payment_id=payment.id,
+            command="request_authorization",
+            state=found.state.value,
+        )
+    return ConcurrentModification(
+        f"payment {payment.id} was changed by another writer (it is now "
+        f"{found.state.value}); no call was made",
+        payment_id=payment.id,
+        command="request_authorization",
+        state=found.state.value,
     )
 
 
@@ -202,20 +230,29 @@ def resume_intent(app: Payments, payment: Payment) -> Intent:
 
 
 def is_ambiguous(error: KlarnaError, *, resent: bool = False) -> bool:
-    """True when Klarna may have acted on the key despite the error.
+    """True when Klarna may have acted on the call despite the error.
 
     Any attempt of the call that may have reached Klarna makes it ambiguous
-    (``may_have_acted``), not only the last one. When the key is re-sent by
-    ``reconcile``, an earlier call already may have acted, so being rate
-    limited now proves nothing either; only another refusal (4xx) under the
-    same key, which Klarna would have answered with the original result,
-    shows that it never acted.
+    (``may_have_acted``), not only the last one. A re-send (``reconcile``)
+    always is: the call before it may have reached Klarna, and no error now
+    proves that it did not (past the 24-hour key window Klarna no longer
+    replays; a refusal may come before Klarna looks at the key at all).
     """
-    if error.may_have_acted or not isinstance(error, KlarnaAPIError):
+    if resent or error.may_have_acted or not isinstance(error, KlarnaAPIError):
         return True
-    if isinstance(error, KlarnaServerError):
-        return True
-    return resent and isinstance(error, KlarnaRateLimited)
+    return isinstance(error, KlarnaServerError)
+
+
+def is_settled_refusal(error: KlarnaError) -> bool:
+    """True for an answer that re-sending the same request cannot change.
+
+    Rate limiting, 5xx and transport failures may pass; any other 4xx will not.
+    """
+    return (
+        isinstance(error, KlarnaAPIError)
+        and not isinstance(error, KlarnaRateLimited | KlarnaServerError)
+        and 400 <= error.status_code < 500
+    )
 
 
 def record_outcome(
@@ -233,12 +270,15 @@ def record_outcome(
             payment.idempotency_key != intent.idempotency_key
         ):
             return outcome_of(payment, error)  # someone else recorded it already
+        was_unresolved = payment.is_unresolved
         _apply(app, payment, response, error, cause=cause)
         try:
             app.save_payment(payment)
         except ConcurrentModification:
             payment = app.get(intent.payment_id)  # someone else wrote: look again
             continue
+        if payment.is_unresolved and not was_unresolved:
+            _log_unresolved(payment)
         return outcome_of(payment, error)
     return outcome_of(app.get(intent.payment_id), error)
 
@@ -254,15 +294,11 @@ def _apply(
     now = app.now()
     if response is None:
         assert error is not None
-        if is_ambiguous(error, resent=cause == RECONCILE):
-            return  # stays AUTHORIZING for reconcile
-        payment.fail(
-            error=f"{type(error).__name__}: {error}",
-            status_code=getattr(error, "status_code", None),
-            correlation_id=error.correlation_id,
-            now=now,
-            cause=cause,
-        )
+        if not is_ambiguous(error, resent=cause == RECONCILE):
+            _fail(payment, error, now, cause)
+        elif cause == RECONCILE and is_settled_refusal(error):
+            _mark_unresolved(payment, error, now, cause)
+        # otherwise: stays AUTHORIZING for the next reconcile
     elif response.result is AuthorizationResult.APPROVED:
         assert response.transaction is not None
         payment.approve(
@@ -291,18 +327,41 @@ def _apply(
         )
 
 
-_RESULTS = {
-    PaymentState.AUTHORIZED: OutcomeResult.APPROVED,
-    PaymentState.DECLINED: OutcomeResult.DECLINED,
-    PaymentState.CREATED: OutcomeResult.STEP_UP_REQUIRED,
-    PaymentState.COMPLETED: OutcomeResult.FAILED,
-    PaymentState.AUTHORIZING: OutcomeResult.PENDING,
-}
+def _fail(payment: Payment, error: KlarnaError, now: datetime, cause: str) -> None:
+    payment.fail(
+        error=f"{type(error).__name__}: {error}",
+        status_code=getattr(error, "status_code", None),
+        correlation_id=error.correlation_id,
+        now=now,
+        cause=cause,
+    )
+
+
+def _mark_unresolved(payment: Payment, error: KlarnaError, now: datetime, cause: str) -> None:
+    payment.mark_unresolved(  # records once per attempt
+        error=f"{type(error).__name__}: {error}",
+        status_code=getattr(error, "status_code", None),
+        correlation_id=error.correlation_id,
+        now=now,
+        cause=cause,
+    )
+
+
+def _log_unresolved(payment: Payment) -> None:
+    logger.error(
+        "authorization of payment %s is unresolved: Klarna may have acted and the re-send "
+        "was answered %s; it stays AUTHORIZING until evidence resolves it",
+        payment.id,
+        payment.unresolved_reason,
+    )
 
 
 def outcome_of(payment: Payment, error: KlarnaError | None = None) -> AuthorizationOutcome:
-    """The outcome as the payment records it now."""
-    result = _RESULTS.get(payment.state, OutcomeResult.FAILED)
+    """The outcome as the payment records it now (authorization was requested)."""
+    assert payment.last_result is not None
+    result = (
+        OutcomeResult.UNRESOLVED if payment.is_unresolved else OutcomeResult(payment.last_result)
+    )
     return AuthorizationOutcome(
         payment_id=payment.id,
         result=result,

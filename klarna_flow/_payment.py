@@ -17,6 +17,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from klarna_flow._errors import InvalidTransition
 from klarna_flow._lifecycle import (
     AUTHORIZATION_WINDOW,
     Facts,
@@ -44,6 +45,11 @@ class Payment(Aggregate):
         authorization_attempts: how many authorizations were requested.
         idempotency_key: the key of the current (or last) authorization.
         payment_transaction_id: Klarna's transaction id once authorized.
+        last_result: how the last authorization attempt ended (``PENDING``,
+            ``APPROVED``, ``DECLINED``, ``STEP_UP_REQUIRED``, ``FAILED``), or
+            None when authorization was never requested.
+        unresolved_reason: why the pending authorization is unresolved (a
+            re-send got an answer that proves nothing), else None.
     """
 
     class PaymentCreated(Aggregate.Created):
@@ -93,6 +99,19 @@ class Payment(Aggregate):
             payment.state = PaymentState.AUTHORIZING
             payment.idempotency_key = self.idempotency_key
             payment.authorization_attempts = self.attempt
+            payment.last_result = "PENDING"
+            payment.unresolved_reason = None
+
+    class AuthorizationUnresolved(Event):
+        """A re-send got an answer that proves nothing: the payment waits for evidence."""
+
+        error: str
+        status_code: int | None
+        correlation_id: str | None
+
+        def apply(self, payment: Payment) -> None:
+            payment.unresolved_reason = self.error
+            payment.correlation_id = self.correlation_id
 
     class AuthorizationApproved(Event):
         payment_transaction_id: str
@@ -103,6 +122,7 @@ class Payment(Aggregate):
             payment.state = PaymentState.AUTHORIZED
             payment.payment_transaction_id = self.payment_transaction_id
             payment.correlation_id = self.correlation_id
+            payment.last_result = "APPROVED"
 
     class AuthorizationDeclined(Event):
         correlation_id: str | None
@@ -112,6 +132,7 @@ class Payment(Aggregate):
             payment.state = PaymentState.DECLINED
             payment.correlation_id = self.correlation_id
             payment.decline_reason = self.reason
+            payment.last_result = "DECLINED"
 
     class StepUpRequired(Event):
         correlation_id: str | None
@@ -128,6 +149,7 @@ class Payment(Aggregate):
             if self.payment_request_id is not None:
                 payment.payment_request_id = self.payment_request_id
             payment.step_up_url = self.payment_request_url
+            payment.last_result = "STEP_UP_REQUIRED"
 
     class AuthorizationFailed(Event):
         correlation_id: str | None
@@ -138,6 +160,7 @@ class Payment(Aggregate):
             payment.state = PaymentState.COMPLETED
             payment.correlation_id = self.correlation_id
             payment.last_error = self.error
+            payment.last_result = "FAILED"
 
     class PaymentExpired(Event):
         reason: str
@@ -181,6 +204,8 @@ class Payment(Aggregate):
         self.step_up_url: str | None = None
         self.last_error: str | None = None
         self.expiry_reason: str | None = None
+        self.last_result: str | None = None
+        self.unresolved_reason: str | None = None
         self.notification_ids: frozenset[str] = frozenset()
 
     # -- creation ---------------------------------------------------------
@@ -223,6 +248,11 @@ class Payment(Aggregate):
         if self.completed_at is None or not self.flow.authorizes:
             return None
         return self.completed_at + AUTHORIZATION_WINDOW
+
+    @property
+    def is_unresolved(self) -> bool:
+        """True while an authorization that may have reached Klarna waits for evidence."""
+        return self.state is PaymentState.AUTHORIZING and self.unresolved_reason is not None
 
     @property
     def deadline(self) -> datetime | None:
@@ -380,6 +410,33 @@ class Payment(Aggregate):
             correlation_id=correlation_id,
         )
 
+    def mark_unresolved(
+        self,
+        *,
+        error: str,
+        status_code: int | None,
+        correlation_id: str | None,
+        now: datetime,
+        cause: str,
+    ) -> None:
+        """Record ``AuthorizationUnresolved`` once per attempt; the state stays the same."""
+        if self.state is not PaymentState.AUTHORIZING:
+            raise InvalidTransition(
+                f"payment {self.id} is {self.state.value}: no authorization is pending",
+                payment_id=self.id,
+                command="mark_unresolved",
+                state=self.state.value,
+            )
+        if self.unresolved_reason is None:
+            self._record(
+                self.AuthorizationUnresolved,
+                now,
+                cause,
+                error=error,
+                status_code=status_code,
+                correlation_id=correlation_id,
+            )
+
     def expire(
         self,
         *,
@@ -408,6 +465,7 @@ EVENT_STATES: dict[str, PaymentState | None] = {
     "PurchaseCompleted": PaymentState.COMPLETED,
     "PaymentRequestIdentified": None,
     "AuthorizationRequested": PaymentState.AUTHORIZING,
+    "AuthorizationUnresolved": None,
     "AuthorizationApproved": PaymentState.AUTHORIZED,
     "AuthorizationDeclined": PaymentState.DECLINED,
     "StepUpRequired": PaymentState.CREATED,

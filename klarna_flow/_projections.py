@@ -34,6 +34,7 @@ _STATE_OF = {name: state.value for name, state in EVENT_STATES.items() if state 
 _TIME_ONLY = frozenset(
     {
         "AuthorizationRequested",
+        "AuthorizationUnresolved",
         "AuthorizationApproved",
         "AuthorizationDeclined",
         "AuthorizationFailed",

@@ -10,6 +10,7 @@ outcome.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -224,6 +225,79 @@ def test_reconcile_resolves_many_payments_and_skips_others(kit: Kit) -> None:
         assert len(kit.fake.transactions_for(created.reference)) == 1
     assert kit.payments.get(waiting.payment_id).state is S.COMPLETED
     assert kit.payments.counts_by_state() == {"AUTHORIZED": 5, "COMPLETED": 1}
+
+
+def _answer_lost_after_klarna_acted(kit: Kit) -> UUID:
+    created = kit.completed()
+    for _ in range(ATTEMPTS):
+        kit.fake.drop_next(after_processing=True)
+    assert kit.payments.authorize(created.payment_id).result is R.PENDING
+    assert len(kit.fake.transactions_for(created.reference)) == 1
+    return created.payment_id
+
+
+def test_a_resend_past_the_key_window_gets_the_result_replayed_by_the_token(kit: Kit) -> None:
+    payment_id = _answer_lost_after_klarna_acted(kit)
+    kit.clock.advance(timedelta(hours=25))  # Klarna's 24-hour key window is over
+
+    [outcome] = kit.payments.reconcile()
+
+    [transaction] = kit.fake.transactions
+    assert (outcome.result, outcome.state) == (R.APPROVED, S.AUTHORIZED)
+    assert outcome.payment_transaction_id == transaction.payment_transaction_id
+    assert kit.payments.expire_overdue() == []
+    assert kit.payments.get(payment_id).state is S.AUTHORIZED
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409])
+def test_a_refused_resend_never_books_the_payment_as_failed(
+    kit: Kit, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    payment_id = _answer_lost_after_klarna_acted(kit)
+    kit.clock.advance(timedelta(hours=25))
+    kit.fake.fail_next(status, times=2)
+
+    with caplog.at_level(logging.ERROR, logger="klarna_flow"):
+        [first] = kit.payments.reconcile()
+        [second] = kit.payments.reconcile()
+
+    assert (first.result, first.state) == (R.UNRESOLVED, S.AUTHORIZING)
+    assert (second.result, second.state) == (R.UNRESOLVED, S.AUTHORIZING)
+    assert kit.names(payment_id)[-2:] == ["AuthorizationRequested", "AuthorizationUnresolved"]
+    assert [row.payment_id for row in kit.payments.unresolved()] == [payment_id]
+    [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert str(payment_id) in logged.getMessage()
+    assert "unresolved" in logged.getMessage()
+    kit.clock.advance(timedelta(days=2))
+    assert kit.payments.expire_overdue() == []
+    assert kit.payments.get(payment_id).state is S.AUTHORIZING
+    assert kit.payments.outcome(payment_id) == first  # as recorded by the first refusal
+
+
+def test_an_unresolved_payment_resolves_when_a_later_resend_is_answered(kit: Kit) -> None:
+    payment_id = _answer_lost_after_klarna_acted(kit)
+    kit.clock.advance(timedelta(hours=25))
+    kit.fake.fail_next(401)
+    kit.payments.reconcile()
+    assert kit.payments.get(payment_id).is_unresolved
+
+    [outcome] = kit.payments.reconcile()
+
+    assert (outcome.result, outcome.state) == (R.APPROVED, S.AUTHORIZED)
+    assert kit.payments.unresolved() == []
+    assert not kit.payments.get(payment_id).is_unresolved
+
+
+def test_a_refused_resend_inside_the_key_window_is_not_proof_either(kit: Kit) -> None:
+    created = kit.completed()
+    kit.fake.fail_next(503, times=ATTEMPTS)
+    assert kit.payments.authorize(created.payment_id).result is R.PENDING
+    kit.fake.fail_next(409)
+
+    [outcome] = kit.payments.reconcile(older_than=timedelta(0))
+
+    assert (outcome.result, outcome.state) == (R.UNRESOLVED, S.AUTHORIZING)
+    assert "AuthorizationFailed" not in kit.names(created.payment_id)
 
 
 def test_reconcile_refuses_a_negative_age(kit: Kit) -> None:

@@ -14,7 +14,9 @@ rely on them):
   ``validation_errors``);
 - unknown partner account, unknown session token: 404 ``RESOURCE_NOT_FOUND``;
 - token of another partner account: 403 ``OPERATION_FORBIDDEN``;
-- token already used (by another idempotency key): 409 ``RESOURCE_CONFLICT``;
+- token already used: the same request under another idempotency key replays
+  the original answer (the token is itself an idempotency key, for good in the
+  fake); a different request with a used token: 409 ``RESOURCE_CONFLICT``;
 - token expired (60 minutes after completion, or its payment request expired
   or canceled): 400 ``VALIDATION_ERROR``, validation error
   ``{"parameter": "Klarna-Network-Session-Token", "reason": "expired"}``;

@@ -164,8 +164,21 @@ class Authorizer:
                 403, "OPERATION_FORBIDDEN", "The session token belongs to another account"
             )
         if record.authorized_with is not None:
-            return error_response(409, "RESOURCE_CONFLICT", "The session token was already used")
+            return self._token_replay(call, record)
         return _terms_refusal(call, record, now)
+
+    def _token_replay(self, call: AuthorizeRequest, record: PaymentRequestRecord) -> httpx.Response:
+        """A used token sent again: the original answer for the same request, else 409.
+
+        Klarna: "Repeating the request with the same token returns the same
+        result" (how long is not documented; the fake keeps it for good).
+        """
+        original = self._answers.get((call.partner_account_id, record.authorized_with or ""))
+        if original is not None and original.fingerprint == call.fingerprint:
+            return json_response(original.status_code, original.body)
+        return error_response(
+            409, "RESOURCE_CONFLICT", "The session token was already used for another request"
+        )
 
     def _decide(
         self,

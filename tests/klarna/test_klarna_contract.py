@@ -124,11 +124,22 @@ def test_404_unknown_token(caller: Caller) -> None:
     assert (caught.value.status_code, caught.value.error_code) == (404, "RESOURCE_NOT_FOUND")
 
 
-def test_409_token_reuse_is_refused(caller: Caller, token: str) -> None:
+def test_the_same_token_sent_again_replays_the_original_result(caller: Caller, token: str) -> None:
+    first = caller.authorize(token)
+
+    again = caller.authorize(token)  # a new idempotency key, the same request
+
+    assert first.transaction is not None
+    assert again.transaction is not None
+    assert again.transaction.payment_transaction_id == first.transaction.payment_transaction_id
+    assert len(caller.fake.transactions) == 1
+
+
+def test_409_a_used_token_for_another_request_is_refused(caller: Caller, token: str) -> None:
     first = caller.authorize(token)
 
     with pytest.raises(KlarnaConflict) as caught:
-        caller.authorize(token)  # a new idempotency key: a second authorization
+        caller.authorize(token, reference="another-reference")
 
     assert (caught.value.status_code, caught.value.error_code) == (409, "RESOURCE_CONFLICT")
     assert caught.value.correlation_id

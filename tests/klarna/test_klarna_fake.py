@@ -149,15 +149,36 @@ def test_unknown_partner_account_gets_404(http: httpx.Client, token: str) -> Non
     assert (response.status_code, error_code(response)) == (404, "RESOURCE_NOT_FOUND")
 
 
-def test_idempotency_window_is_24_hours(http: httpx.Client, token: str, clock: ManualClock) -> None:
-    first = post(http, token)
+def test_idempotency_window_is_24_hours(
+    http: httpx.Client, fake: FakeKlarna, clock: ManualClock
+) -> None:
+    first_token = fake.issue_session_token(amount=11800, currency="USD")
+    first = post(http, first_token)
     clock.advance(timedelta(hours=23, minutes=59))
-    replay = post(http, token)
+    other_token = fake.issue_session_token(amount=11800, currency="USD")
+    reused_key = post(http, other_token)  # the same key for another request: refused
+    replay = post(http, first_token)
     clock.advance(timedelta(minutes=1))
-    late = post(http, token)
+    late = post(http, other_token)  # the key is forgotten: a new request
 
     assert replay.content == first.content
-    assert (late.status_code, error_code(late)) == (409, "RESOURCE_CONFLICT")
+    assert (reused_key.status_code, error_code(reused_key)) == (409, "RESOURCE_CONFLICT")
+    assert late.status_code == 200
+    assert len(fake.transactions) == 2
+
+
+def test_a_used_token_replays_its_result_past_the_key_window(
+    http: httpx.Client, token: str, fake: FakeKlarna, clock: ManualClock
+) -> None:
+    first = post(http, token)
+    clock.advance(timedelta(hours=25))
+
+    again = post(http, token, Klarna_Idempotency_Key="key-2")
+    changed = post(http, token, {**BODY, "currency": "EUR"}, Klarna_Idempotency_Key="key-3")
+
+    assert (again.status_code, again.json()) == (first.status_code, first.json())
+    assert (changed.status_code, error_code(changed)) == (409, "RESOURCE_CONFLICT")
+    assert len(fake.transactions) == 1
 
 
 def test_canceled_request_token_is_dead(http: httpx.Client, fake: FakeKlarna) -> None:
@@ -363,9 +384,10 @@ def race(count: int, action: Any) -> list[Any]:
 def test_racing_keys_on_one_token_make_one_transaction(
     http: httpx.Client, fake: FakeKlarna, token: str
 ) -> None:
-    statuses = race(20, lambda i: post(http, token, Klarna_Idempotency_Key=f"key-{i}").status_code)
+    answers = race(20, lambda i: post(http, token, Klarna_Idempotency_Key=f"key-{i}"))
 
-    assert sorted(statuses) == [200] + [409] * 19
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1  # one result, replayed by the token
     assert len(fake.transactions) == 1
 
 

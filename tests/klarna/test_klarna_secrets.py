@@ -41,7 +41,7 @@ def test_logs_hold_no_secret(
     with client:
         client.authorize(**call_args(fake, token))
         with pytest.raises(KlarnaError):
-            client.authorize(**call_args(fake, token))  # reuse: 409
+            client.authorize(**call_args(fake, token, reference="other"))  # reuse: 409
         fake.drop_next()
         fake.drop_next()
         fake.drop_next()
