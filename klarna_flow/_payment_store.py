@@ -129,6 +129,8 @@ class PaymentStore(Application[UUID]):
             else None
         )
         self.request_lifetime = check_positive_duration(request_lifetime, "request_lifetime")
+        if cipher is not None and not isinstance(cipher, TokenCipher):
+            raise InvalidInput("cipher", f"must be a TokenCipher, not {type(cipher).__name__}")
         try:
             super().__init__(env)
         except (EventSourcingError, OSError, ImportError, ValueError, sqlite3.Error) as e:

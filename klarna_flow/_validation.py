@@ -16,6 +16,7 @@ __all__ = [
     "ISO_4217",
     "check_amount",
     "check_aware",
+    "check_cause",
     "check_currency",
     "check_idempotency_key",
     "check_krn",
@@ -217,7 +218,29 @@ def check_reference(reference: object, field: str = "reference") -> str:
         raise InvalidInput(field, f"must be 1..255 characters, got {len(reference)}")
     if not _PRINTABLE.fullmatch(reference):
         raise InvalidInput(field, "must not contain control characters")
-    return reference
+    return _check_encodable(reference, field)
+
+
+def _check_encodable(text: str, field: str) -> str:
+    """Refuse text UTF-8 cannot encode (lone surrogates such as ``"\\ud800"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(field, "must be valid Unicode text (no lone surrogates)") from None
+    return text
+
+
+def check_cause(cause: object, field: str = "cause") -> str:
+    """What caused a recorded event, as the audit trail shows it.
+
+    ``command:<name>``, ``notification:<event_id>`` or ``operator:<who>`` by
+    convention: 1..255 printable characters, valid Unicode.
+    """
+    if not isinstance(cause, str):
+        raise InvalidInput(field, f"must be a str, not {type(cause).__name__}")
+    if not 1 <= len(cause) <= 255 or not cause.isprintable():
+        raise InvalidInput(field, "must be 1..255 printable characters")
+    return _check_encodable(cause, field)
 
 
 def check_krn(value: object, field: str) -> str:

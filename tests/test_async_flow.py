@@ -227,3 +227,20 @@ def test_without_an_async_client_nothing_is_recorded(kit: Kit) -> None:
 
     assert kit.names(created.payment_id) == ["PaymentCreated", "PurchaseCompleted"]
     assert kit.fake.requests == []
+
+
+def test_a_closed_async_client_is_refused_before_anything_is_recorded(kit: Kit) -> None:
+    created = kit.completed()
+
+    async def scenario(payments: Payments) -> None:
+        assert payments.async_klarna is not None
+        await payments.async_klarna.aclose()
+        with pytest.raises(ConfigurationError, match="closed"):
+            await payments.authorize_async(created.payment_id)
+        with pytest.raises(ConfigurationError, match="closed"):
+            await payments.reconcile_async()
+
+    run(kit, scenario)
+
+    assert kit.names(created.payment_id) == ["PaymentCreated", "PurchaseCompleted"]
+    assert kit.fake.requests == []

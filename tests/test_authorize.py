@@ -353,3 +353,92 @@ def test_without_a_klarna_client_nothing_is_recorded(make_payments: MakePayments
 
     assert event_names(bare, payment_id) == ["PaymentCreated", "PurchaseCompleted"]
     assert kit.fake.requests == []
+
+
+# -- the outcome of a payment never sent to Klarna ----------------------------------
+
+
+def test_a_payment_never_sent_to_klarna_has_no_outcome(kit: Kit) -> None:
+    created = kit.create()
+    canceled = kit.create()
+    kit.payments.cancel(canceled.payment_id)
+    completed = kit.completed()
+
+    assert kit.payments.outcome(created.payment_id) is None
+    assert kit.payments.outcome(canceled.payment_id) is None
+    assert kit.payments.outcome(completed.payment_id) is None
+    assert kit.fake.requests == []
+
+
+def test_the_outcome_is_the_last_attempt_s_even_after_the_payment_moved_on(kit: Kit) -> None:
+    stepped_up = kit.completed()
+    kit.fake.step_up_next()
+    kit.payments.authorize(stepped_up.payment_id)
+    failed = kit.completed()
+    kit.fake.fail_next(409)
+    kit.payments.authorize(failed.payment_id)
+    kit.clock.advance(WINDOW)
+    kit.payments.expire_overdue()
+
+    after_step_up = kit.payments.outcome(stepped_up.payment_id)
+    after_failure = kit.payments.outcome(failed.payment_id)
+
+    assert after_step_up is not None
+    assert after_step_up.result is OutcomeResult.STEP_UP_REQUIRED
+    assert after_step_up.payment_request_url is not None
+    assert after_failure is not None
+    assert (after_failure.result, after_failure.state) == (OutcomeResult.FAILED, S.EXPIRED)
+
+
+# -- a client that cannot send -------------------------------------------------------
+
+
+def test_a_closed_client_is_refused_before_anything_is_recorded(kit: Kit) -> None:
+    created = kit.completed()
+    assert kit.payments.klarna is not None
+    kit.payments.klarna.close()
+
+    with pytest.raises(ConfigurationError, match="closed"):
+        kit.payments.authorize(created.payment_id)
+    with pytest.raises(ConfigurationError, match="closed"):
+        kit.payments.reconcile()
+
+    assert kit.names(created.payment_id) == ["PaymentCreated", "PurchaseCompleted"]
+    assert kit.payments.get(created.payment_id).state is S.COMPLETED
+    assert kit.fake.requests == []
+
+
+# -- a lost race names the state found --------------------------------------------------
+
+
+class _RunOnceOnFirstRead:
+    """A clock that lets another worker act between this worker's load and its save."""
+
+    def __init__(self, clock: ManualClock, act: Any) -> None:
+        self.clock = clock
+        self.act = act
+
+    def now(self) -> Any:
+        act, self.act = self.act, None
+        if act is not None:
+            act()
+        return self.clock.now()
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_worker_that_loses_the_race_reports_the_state_it_found(
+    kit: Kit, make_payments: MakePayments
+) -> None:
+    created = kit.completed()
+    winner = kit.payments
+    loser = make_payments(
+        klarna=winner.klarna,
+        clock=_RunOnceOnFirstRead(kit.clock, lambda: winner.authorize(created.payment_id)),
+    )
+
+    with pytest.raises(AuthorizationInProgress) as caught:
+        loser.authorize(created.payment_id)
+
+    assert caught.value.state == "AUTHORIZED"
+    assert "AUTHORIZED" in str(caught.value)
+    assert len(kit.fake.requests) == 1

@@ -207,6 +207,8 @@ BAD_CREATE: list[tuple[str, object]] = [
     ("reference", "del\x7f"),
     ("reference", "c1\x85"),
     ("reference", 42),
+    ("reference", "a\ud800b"),  # a lone surrogate: not encodable text
+    ("reference", "\udfff"),
     ("flow", "PAY_NOW"),
     ("flow", "authorization"),
     ("flow", ""),
@@ -519,6 +521,68 @@ def test_custom_causes_are_recorded(
     payments.expire(pid, cause="notification:evt-2")
     causes = [e.cause for e in events(payments, pid)[1:]]
     assert causes == ["notification:evt-1", "notification:evt-2"]
+
+
+BAD_CAUSES: list[object] = [None, "", 42, b"command:x", "line\nbreak", "x" * 256, "a\ud800"]
+
+
+@pytest.mark.parametrize("cause", BAD_CAUSES, ids=repr)
+@pytest.mark.parametrize("command", ["complete", "expire", "cancel", "identify"])
+def test_a_bad_cause_is_refused_before_recording(
+    payments: Payments, session_token: str, clock: ManualClock, command: str, cause: object
+) -> None:
+    pid = create(payments)
+    clock.advance(timedelta(hours=4))  # expire would be allowed
+    calls: dict[str, Callable[[], object]] = {
+        "complete": lambda: payments.complete(pid, session_token=session_token, cause=cause),  # type: ignore[arg-type]
+        "expire": lambda: payments.expire(pid, cause=cause),  # type: ignore[arg-type]
+        "cancel": lambda: payments.cancel(pid, cause=cause),  # type: ignore[arg-type]
+        "identify": lambda: payments.identify_payment_request(
+            pid,
+            "krn:payment:eu1:payment-request:x",
+            cause=cause,  # type: ignore[arg-type]
+        ),
+    }
+
+    with pytest.raises(InvalidInput) as caught:
+        calls[command]()
+
+    assert caught.value.field == "cause"
+    assert len(events(payments, pid)) == 1
+
+
+@pytest.mark.parametrize("state", ["NOPE", "created", "", 3, None.__class__])
+def test_read_model_refuses_an_unknown_state(payments: Payments, state: object) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        payments.read_model(state)  # type: ignore[arg-type]
+
+    assert caught.value.field == "state"
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("klarna", object()), ("klarna", "https://klarna"), ("async_klarna", object())],
+)
+def test_a_client_of_the_wrong_type_is_refused_at_construction(
+    argument: str, value: object
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        Payments(MEMORY, **{argument: value})  # type: ignore[arg-type]
+
+    assert caught.value.field == argument
+
+
+@pytest.mark.parametrize("cipher", [object(), b"0" * 32, "key"], ids=repr)
+def test_a_cipher_of_the_wrong_type_is_refused_at_construction(
+    cipher: object, tmp_path: Any
+) -> None:
+    db = tmp_path / "p.sqlite"
+
+    with pytest.raises(InvalidInput, match="TokenCipher") as caught:
+        Payments.sqlite(db, cipher=cipher)
+
+    assert caught.value.field == "cipher"
+    assert not db.exists()  # refused before the store was opened
 
 
 # -- concurrent writers ----------------------------------------------------------

@@ -88,8 +88,13 @@ class ClientBase(Generic[HTTP, Transport]):
         """The retry policy of every authorize call."""
         return self._retry
 
+    @property
+    def is_closed(self) -> bool:
+        """True once the client was closed: it can send nothing more."""
+        return self._http.is_closed
+
     def _check_open(self) -> None:
-        if self._http.is_closed:
+        if self.is_closed:
             raise ConfigurationError(f"this {type(self).__name__} is closed")
 
     def __repr__(self) -> str:
