@@ -22,6 +22,7 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.domain import EventSourcingError
 from eventsourcing.persistence import (
     ApplicationRecorder,
+    InfrastructureFactory,
     JSONTranscoder,
     Mapper,
     PersistenceError,
@@ -30,7 +31,7 @@ from eventsourcing.persistence import (
     Transcoding,
 )
 from eventsourcing.popo import POPOFactory
-from eventsourcing.utils import EnvType, strtobool
+from eventsourcing.utils import Environment, EnvType, strtobool
 
 from klarna_flow._chain import ChainedMapper, genesis
 from klarna_flow._cipher import TokenCipher
@@ -42,6 +43,7 @@ from klarna_flow._errors import (
     PaymentNotFound,
     StorageError,
 )
+from klarna_flow._heads import recorder_topic
 from klarna_flow._lifecycle import DEFAULT_REQUEST_LIFETIME
 from klarna_flow._payment import Payment
 from klarna_flow._projections import PaymentIndex
@@ -177,6 +179,14 @@ class PaymentStore(Application[UUID]):
             prefix, placeholder = self.name.lower(), "?"
             log = (events, "rowid") if events else None
         return SQLIndex(datastore, prefix=prefix, placeholder=placeholder, create=create, log=log)
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        # The recorder that keeps chain heads in the events' transaction
+        # (eventsourcing's public hook for choosing the recorder class).
+        topic = recorder_topic(env.get("PERSISTENCE_MODULE") or "")
+        if topic is not None and not env.get("APPLICATION_RECORDER_TOPIC"):
+            env["APPLICATION_RECORDER_TOPIC"] = topic
+        return super().construct_factory(env)
 
     def construct_mapper(self) -> Mapper[UUID]:
         if self.factory.cipher() is not None or self.factory.compressor() is not None:

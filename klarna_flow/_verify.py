@@ -14,13 +14,14 @@ problem        what was found
 ``reordered``  the record that belongs at this version is stored at another
                (versions or contents of two records swapped)
 ``unreadable`` the stored state is too short to hold a digest (or not bytes)
-``truncated``  the payment index saw a later version than the log now holds
-               (the last events were deleted)
+``truncated``  the chain heads (written in the events' transaction) or the
+               payment index saw a later version than the log now holds (the
+               last events were deleted)
 =============  ================================================================
 
 The chain uses no secret, so it shows edits made by anyone who did not also
-recompute every later digest; comparing with an earlier report's counts (or
-the index, as ``truncated`` does) catches a rewritten tail.
+recompute every later digest; the chain heads (see :mod:`klarna_flow._heads`)
+catch a deleted tail without relying on any read model having caught up.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from eventsourcing.persistence import ApplicationRecorder
 
 from klarna_flow._chain import DIGEST_SIZE, link, split
 from klarna_flow._errors import PaymentNotFound
+from klarna_flow._heads import HeadsRecorder, known_heads
 from klarna_flow._projections import Progress
 from klarna_flow._read_models import ReadModelStore, as_uuid
 
@@ -181,9 +183,11 @@ class ChainVerifier:
     """Walks stored records and checks their chain.
 
     Args:
-        recorder: the application recorder (events and notification log).
+        recorder: the application recorder (events and notification log),
+            with chain heads when it keeps them (:class:`HeadsRecorder`).
         genesis: the digest every payment's first event chains to.
-        index: the payment index, whose versions reveal a deleted tail.
+        index: the payment index, whose versions reveal a deleted tail too
+            (for stores without heads).
     """
 
     def __init__(
@@ -204,12 +208,26 @@ class ChainVerifier:
         """
         records = self.recorder.select_events(payment_id)
         row = self.index.rows([payment_id]).get(payment_id) if self.index else None
-        if not records and row is None:
-            raise PaymentNotFound(payment_id)
-        finding = check_records(
-            self.genesis, payment_id, records, row.version if row is not None else None
+        head = (
+            self.recorder.head_version(payment_id)
+            if isinstance(self.recorder, HeadsRecorder)
+            else None
         )
+        seen = max((v for v in (head, row.version if row else None) if v is not None), default=None)
+        if not records and seen is None:
+            raise PaymentNotFound(payment_id)
+        finding = check_records(self.genesis, payment_id, records, seen)
         return VerificationReport(len(records), 1, (finding,) if finding else ())
+
+    def last_versions(self) -> dict[UUID, int]:
+        """Each payment's last version as the heads and the index know it (the higher)."""
+        known: dict[UUID, int] = {}
+        sources = [known_heads(self.recorder), self.index.versions() if self.index else None]
+        for versions in sources:
+            for payment_id, version in versions or ():
+                if version > known.get(payment_id, 0):
+                    known[payment_id] = version
+        return known
 
     def log(self, *, progress: Progress | None = None) -> VerificationReport:
         """Check every record of the notification log, a page at a time.
@@ -308,11 +326,8 @@ class _Walk:
             self.findings.append(finding)
 
     def check_tails(self) -> None:
-        """Compare each payment's last stored version with the payment index."""
-        index = self.verifier.index
-        if index is None:
-            return
-        for payment_id, version in index.versions():
+        """Compare each payment's last stored version with its head and the index."""
+        for payment_id, version in self.verifier.last_versions().items():
             key = payment_id.int
             if key in self.bad:
                 continue

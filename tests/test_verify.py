@@ -202,6 +202,47 @@ def test_a_deleted_last_event_is_truncated(db: tuple[Path, list[UUID]]) -> None:
     assert_found(path, ids[4], 4, "truncated")
 
 
+def _authorized_unseen_by_the_index(path: Path, clock: ManualClock, cipher: TokenCipher) -> UUID:
+    """Complete by notification, authorize, close: the index never saw version 4."""
+
+    def make(**kwargs: Any) -> Payments:
+        return Payments.sqlite(path, clock=clock, cipher=cipher, **kwargs)
+
+    with open_kit(make, clock) as kit:
+        created = kit.completed(Flow.AUTHORIZATION)
+        kit.payments.authorize(created.payment_id)
+        kit.payments.close()
+    return created.payment_id
+
+
+def test_a_deleted_last_event_is_truncated_though_no_read_model_saw_it(
+    tmp_path: Path, clock: ManualClock, cipher: TokenCipher
+) -> None:
+    path = tmp_path / "payments.sqlite"
+    payment_id = _authorized_unseen_by_the_index(path, clock, cipher)
+    sql(path)(
+        "DELETE FROM stored_events WHERE originator_id = ? AND originator_version = 4",
+        (payment_id.hex,),
+    )
+
+    assert_found(path, payment_id, 4, "truncated")
+
+
+def test_a_store_written_before_chain_heads_takes_them_from_its_log(
+    tmp_path: Path, clock: ManualClock, cipher: TokenCipher
+) -> None:
+    path = tmp_path / "payments.sqlite"
+    payment_id = _authorized_unseen_by_the_index(path, clock, cipher)
+    sql(path)("DROP TABLE stored_events_heads", ())  # as a store written by 0.1.0 is
+    Payments.sqlite(path, clock=clock, cipher=cipher).close()  # a writer opens it
+    sql(path)(
+        "DELETE FROM stored_events WHERE originator_id = ? AND originator_version = 4",
+        (payment_id.hex,),
+    )
+
+    assert_found(path, payment_id, 4, "truncated")
+
+
 def test_a_payment_deleted_entirely_is_truncated(db: tuple[Path, list[UUID]]) -> None:
     path, ids = db
     sql(path)("DELETE FROM stored_events WHERE originator_id = ?", (ids[5].hex,))
@@ -331,6 +372,39 @@ def test_an_edited_record_on_postgres(
         (ids[2], 2, "altered"),
         (ids[4], 4, "truncated"),
     ]
+
+
+@pytest.mark.postgres
+def test_a_deleted_last_event_on_postgres_is_truncated_though_no_read_model_saw_it(
+    clock: ManualClock, cipher: TokenCipher, pg_schema: str
+) -> None:
+    import psycopg
+
+    from klarna_flow._stores import postgres_env
+
+    assert PG_URL is not None
+    env = {**postgres_env(PG_URL), "POSTGRES_SCHEMA": pg_schema}
+
+    def make(**kwargs: Any) -> Payments:
+        return Payments(env, clock=clock, cipher=cipher, **kwargs)
+
+    with open_kit(make, clock) as kit:
+        created = kit.completed(Flow.AUTHORIZATION)
+        kit.payments.authorize(created.payment_id)
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(
+                f"DELETE FROM {pg_schema}.payments_events "  # noqa: S608
+                "WHERE originator_id = %s AND originator_version = 4",
+                (created.payment_id,),
+            )
+        whole, one = kit.payments.verify(), kit.payments.verify(created.payment_id)
+        kit.payments.close()
+    for report in (whole, one):
+        assert (report.payment_id, report.version, report.problem) == (
+            created.payment_id,
+            4,
+            "truncated",
+        )
 
 
 # -- the checks themselves ---------------------------------------------------------------
