@@ -27,7 +27,7 @@ catch a deleted tail without relying on any read model having caught up.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -219,15 +219,12 @@ class ChainVerifier:
         finding = check_records(self.genesis, payment_id, records, seen)
         return VerificationReport(len(records), 1, (finding,) if finding else ())
 
-    def last_versions(self) -> dict[UUID, int]:
-        """Each payment's last version as the heads and the index know it (the higher)."""
-        known: dict[UUID, int] = {}
-        sources = [known_heads(self.recorder), self.index.versions() if self.index else None]
-        for versions in sources:
-            for payment_id, version in versions or ():
-                if version > known.get(payment_id, 0):
-                    known[payment_id] = version
-        return known
+    def last_versions(self) -> Iterable[tuple[UUID, int]]:
+        """Each payment's last version: from the chain heads, or the index without them."""
+        heads = known_heads(self.recorder)
+        if heads is not None:
+            return heads
+        return self.index.versions() if self.index else ()
 
     def log(self, *, progress: Progress | None = None) -> VerificationReport:
         """Check every record of the notification log, a page at a time.
@@ -327,7 +324,7 @@ class _Walk:
 
     def check_tails(self) -> None:
         """Compare each payment's last stored version with its head and the index."""
-        for payment_id, version in self.verifier.last_versions().items():
+        for payment_id, version in self.verifier.last_versions():
             key = payment_id.int
             if key in self.bad:
                 continue
