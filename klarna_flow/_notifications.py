@@ -28,7 +28,9 @@ from klarna_flow._webhooks import (
     EXPIRED,
     KNOWN_TYPES,
     Envelope,
+    Headers,
     NotificationResult,
+    check_signing_keys,
     parse_envelope,
     verify_signature,
 )
@@ -43,11 +45,16 @@ __all__ = ["NotificationHandler"]
 
 
 class NotificationHandler:
-    """Verifies, parses, deduplicates and applies notifications for ``Payments``."""
+    """Verifies, parses, deduplicates and applies notifications for ``Payments``.
 
-    def __init__(self, app: Payments, signing_keys: Mapping[str, bytes]) -> None:
+    Raises:
+        InvalidInput: ``signing_keys`` is not a mapping of str key ids to
+            non-empty bytes or str (str keys are used as their UTF-8 bytes).
+    """
+
+    def __init__(self, app: Payments, signing_keys: Mapping[str, bytes | str]) -> None:
         self.app = app
-        self.signing_keys = dict(signing_keys)
+        self.signing_keys = check_signing_keys(signing_keys)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -56,7 +63,13 @@ class NotificationHandler:
             self.counts[result.outcome] += 1
         return result
 
-    def handle(self, body: bytes, headers: Mapping[str, str]) -> NotificationResult:
+    def handle(self, body: bytes, headers: Headers) -> NotificationResult:
+        """Verify and apply one notification; ``headers`` may be ASGI's list of pairs.
+
+        Raises:
+            ConfigurationError: no signing keys were given.
+            InvalidInput: ``headers`` is neither a mapping nor a list of pairs.
+        """
         if not self.signing_keys:
             msg = "Payments was given no notification signing keys"
             raise ConfigurationError(msg)

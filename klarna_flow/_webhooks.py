@@ -2,8 +2,9 @@
 
 The signature is HMAC-SHA256 over the raw body with the key named by
 ``Klarna-Signing-Key-Id``, carried in ``Klarna-Signature`` (hex; base64 is
-accepted too), compared in constant time. Bodies over 1 MB are refused
-before anything else is done with them.
+accepted too), compared in constant time. Bodies over 1 MiB are refused
+before anything else is done with them (before hashing). Headers come as a
+mapping or as ASGI's raw list of ``(name, value)`` pairs (bytes or str).
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import attrs
 
-from klarna_flow._errors import InvalidSignature, MalformedNotification
+from klarna_flow._errors import InvalidInput, InvalidSignature, MalformedNotification
 from klarna_flow._validation import check_aware
 
 __all__ = [
     "MAX_BODY_BYTES",
     "Envelope",
+    "Headers",
     "NotificationResult",
+    "check_signing_keys",
     "parse_envelope",
     "verify_signature",
 ]
@@ -34,6 +37,12 @@ COMPLETED = "payment.request.state-change.completed"
 EXPIRED = "payment.request.state-change.expired"
 CANCELED = "payment.request.state-change.canceled"
 KNOWN_TYPES = frozenset({COMPLETED, EXPIRED, CANCELED})
+KEY_ID_HEADER = "klarna-signing-key-id"
+SIGNATURE_HEADER = "klarna-signature"
+
+Text: TypeAlias = str | bytes
+#: A mapping of header names to values, or ASGI's list of ``(name, value)`` pairs.
+Headers: TypeAlias = Mapping[str, str] | Mapping[Text, Text] | Sequence[tuple[Text, Text]]
 
 
 @attrs.frozen
@@ -88,29 +97,106 @@ class Envelope:
         return None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
+def check_signing_keys(keys: object) -> dict[str, bytes]:
+    """``keys`` as key id -> secret bytes (a ``str`` secret is taken as UTF-8).
+
+    Raises:
+        InvalidInput: not a mapping of non-empty str key ids to non-empty
+            bytes or str (the message never shows a key).
+    """
+    if not isinstance(keys, Mapping):
+        raise InvalidInput("signing_keys", f"must be a mapping, not {type(keys).__name__}")
+    return {_key_id(key_id): _secret(key) for key_id, key in keys.items()}
 
 
-def verify_signature(body: bytes, headers: Mapping[str, str], keys: Mapping[str, bytes]) -> str:
+def _key_id(key_id: object) -> str:
+    if not isinstance(key_id, str) or not key_id:
+        raise InvalidInput("signing_keys", "every key id must be a non-empty str")
+    return key_id
+
+
+def _secret(key: object) -> bytes:
+    secret = _utf8(key) if isinstance(key, str) else key
+    if isinstance(secret, bytes) and secret:
+        return secret
+    if isinstance(key, bytes | str):
+        problem = "is not UTF-8" if key else "is empty"
+    else:
+        problem = f"is a {type(key).__name__}"
+    raise InvalidInput("signing_keys", f"every key must be non-empty bytes or str; one {problem}")
+
+
+def _utf8(text: str) -> bytes | None:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate; the error would carry the key
+        return None
+
+
+def _signature_headers(headers: object) -> dict[str, str]:
+    """The signature headers found in ``headers``, by lower-case name.
+
+    Raises:
+        InvalidInput: ``headers`` is neither a mapping nor a list or tuple of
+            ``(name, value)`` pairs of str or bytes.
+    """
+    found: dict[str, str] = {}
+    for pair in _pairs(headers):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InvalidInput("headers", "must hold (name, value) pairs")
+        name, value = _text(pair[0]).lower(), _text(pair[1])
+        if name in (KEY_ID_HEADER, SIGNATURE_HEADER):
+            found.setdefault(name, value)
+    return found
+
+
+def _pairs(headers: object) -> Iterable[object]:
+    if isinstance(headers, Mapping):
+        return headers.items()
+    if isinstance(headers, list | tuple):
+        return headers
+    kind = type(headers).__name__
+    raise InvalidInput("headers", f"must be a mapping or a list of (name, value) pairs, not {kind}")
+
+
+def _text(part: object) -> str:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, bytes):
+        return part.decode("latin-1")  # HTTP header bytes, as ASGI passes them
+    raise InvalidInput(
+        "headers", f"names and values must be str or bytes, not {type(part).__name__}"
+    )
+
+
+def _check_size(body: bytes) -> None:
+    """Refuse a body over :data:`MAX_BODY_BYTES` (before hashing or parsing it).
+
+    Raises:
+        MalformedNotification: the body is too large.
+    """
+    if len(body) > MAX_BODY_BYTES:
+        raise MalformedNotification(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+
+
+def verify_signature(body: bytes, headers: Headers, keys: Mapping[str, bytes]) -> str:
     """The id of the key that signed ``body``.
 
     Raises:
+        MalformedNotification: the body is over :data:`MAX_BODY_BYTES` (not hashed).
         InvalidSignature: no signature, an unknown key id, or a mismatch.
+        InvalidInput: ``headers`` is not a mapping or a list of pairs.
     """
-    key_id = _header(headers, "Klarna-Signing-Key-Id")
-    signature = _header(headers, "Klarna-Signature")
+    found = _signature_headers(headers)
+    _check_size(body)
+    key_id, signature = found.get(KEY_ID_HEADER), found.get(SIGNATURE_HEADER)
     if not key_id or not signature:
         raise InvalidSignature("missing Klarna-Signature or Klarna-Signing-Key-Id header")
     key = keys.get(key_id)
     if key is None:
         raise InvalidSignature(f"unknown signing key id {key_id[:64]!r}")
     digest = hmac.new(key, body, hashlib.sha256).digest()
-    given = signature.strip().encode()
+    given = signature.strip().encode("utf-8", "replace")
     if hmac.compare_digest(given, digest.hex().encode()) or hmac.compare_digest(
         given, base64.b64encode(digest)
     ):
@@ -124,12 +210,13 @@ def parse_envelope(body: bytes) -> Envelope:
     Raises:
         MalformedNotification: not a JSON envelope with metadata and payload.
     """
-    if len(body) > MAX_BODY_BYTES:
-        raise MalformedNotification(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+    _check_size(body)
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise MalformedNotification("body is not JSON") from e
+    except RecursionError:
+        raise MalformedNotification("body is nested too deeply") from None
     metadata = doc.get("metadata") if isinstance(doc, dict) else None
     payload = doc.get("payload") if isinstance(doc, dict) else None
     if not isinstance(metadata, dict) or not isinstance(payload, dict):

@@ -1,5 +1,5 @@
 """Notifications at the edges: a request id learned late, a clock running ahead,
-a token that is not a token. On every store."""
+a token that is not a token, JSON nested too deeply. On every store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 
 from klarna_flow import Flow, InvalidTransition, PaymentState
-from klarna_flow.testing import ManualClock
+from klarna_flow._secrets import mask
+from klarna_flow.testing import ManualClock, SignedNotification
 from tests._flow_helpers import Kit, MakePayments, open_kit
 
 
@@ -106,3 +107,48 @@ def test_a_completion_with_a_malformed_token_is_answered_400(kit: Kit) -> None:
     assert "not a krn" not in result.detail
     assert p.get(payment_id).state is PaymentState.CREATED
     assert p.get(payment_id).version == 1
+
+
+@pytest.mark.parametrize("where", ["whole-body", "inside-the-payload"])
+def test_deeply_nested_signed_json_is_answered_400(kit: Kit, where: str) -> None:
+    p, fake = kit.payments, kit.fake
+    nested = b"[" * 200_000 + b"]" * 200_000
+    if where == "whole-body":
+        body = nested
+    else:
+        inner = fake.notification("payment.request.state-change.completed", {"deep": 0}).body
+        body = inner.replace(b'"deep":0', b'"deep":' + nested)
+
+    result = p.handle_notification(body, fake.sign(body))
+
+    assert (result.status_code, result.outcome) == (400, "rejected")
+    assert "nested" in result.detail
+    assert p.notifications.counts["rejected"] == 1
+
+
+def test_the_repr_of_a_signed_notification_masks_every_token(kit: Kit) -> None:
+    fake = kit.fake
+    request_id = fake.create_payment_request(
+        amount=100, currency="EUR", flow=Flow.AUTHORIZATION_AND_TOKENIZATION.value
+    )
+    done = fake.complete_payment_request(request_id)
+    nested_token = "krn:payment:eu1:klarna-network-session-token:nested-0001"
+    by_hand = fake.notification(
+        "payment.request.state-change.completed",
+        {"payment_request_id": request_id, "state_context": {"payment_token": nested_token}},
+    )
+    tokens = [done.session_token, done.customer_token, nested_token]
+    assert all(tokens)
+
+    for shown in (repr(done.notification), str(done.notification), repr(by_hand)):
+        for token in tokens:
+            assert token is not None
+            assert token not in shown
+        assert "SignedNotification(" in shown
+    shown = repr(done.notification)
+    assert f"{mask(done.session_token)}" in shown
+    assert f"{mask(done.customer_token)}" in shown
+    assert done.notification.event_id in shown  # the rest stays readable
+    assert request_id in shown
+    not_json = SignedNotification(body=b"token " + nested_token.encode(), headers={})
+    assert nested_token not in repr(not_json)

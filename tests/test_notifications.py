@@ -393,6 +393,8 @@ TAMPERINGS: dict[str, Callable[[bytes, Headers], tuple[bytes, Headers]]] = {
     "no-key-id": lambda b, h: (b, _without(h, "Klarna-Signing-Key-Id")),
     "no-headers": lambda b, h: (b, {}),
     "empty-signature": lambda b, h: (b, {**h, "Klarna-Signature": ""}),
+    "non-ascii-signature": lambda b, h: (b, {**h, "Klarna-Signature": "€" * 64}),
+    "lone-surrogate-signature": lambda b, h: (b, {**h, "Klarna-Signature": "\ud800"}),
 }
 
 
@@ -544,3 +546,134 @@ def test_counts_add_up(kit: Kit) -> None:
         "rejected": 1,
         "unknown_type": 1,
     }
+
+
+def test_an_oversized_body_is_refused_before_its_signature_is_checked(kit: Kit) -> None:
+    created = kit.create()
+    done = kit.fake.complete_payment_request(created.payment_request_id)
+    big = _padded(done.notification, MAX_BODY_BYTES + 1)
+
+    for headers in (done.notification.headers, {}):  # signed for another body; unsigned
+        result = kit.payments.handle_notification(big, headers)
+        assert answer(result) == (400, "rejected")
+        assert str(MAX_BODY_BYTES) in result.detail  # not "signature does not match"
+    assert kit.names(created.payment_id) == ["PaymentCreated"]
+
+
+# -- header forms ---------------------------------------------------------------------
+
+
+def _asgi(headers: Headers, encode: bool) -> list[tuple[Any, Any]]:
+    """``headers`` as ASGI's raw list of pairs (lower-case names, bytes or str)."""
+    return [(k.lower().encode(), v.encode()) if encode else (k, v) for k, v in headers.items()]
+
+
+HEADER_FORMS: dict[str, Callable[[Headers], Any]] = {
+    "asgi-bytes-pairs": lambda h: _asgi(h, encode=True),
+    "str-pairs": lambda h: _asgi(h, encode=False),
+    "tuple-of-pairs": lambda h: tuple(_asgi(h, encode=True)),
+    "upper-case-pairs": lambda h: [(k.upper(), v) for k, v in h.items()],
+    "mapping-of-bytes": lambda h: {k.encode(): v.encode() for k, v in h.items()},
+}
+
+
+@pytest.mark.parametrize("form", HEADER_FORMS, ids=str)
+def test_asgi_header_pairs_are_accepted(kit: Kit, form: str) -> None:
+    created = kit.create()
+    done = kit.fake.complete_payment_request(created.payment_request_id)
+    headers = HEADER_FORMS[form](done.notification.headers)
+
+    result = kit.payments.handle_notification(done.notification.body, headers)
+
+    assert answer(result) == (200, "applied")
+    assert kit.payments.get(created.payment_id).state is S.COMPLETED
+
+
+def test_asgi_header_pairs_with_a_bad_signature_are_rejected(kit: Kit) -> None:
+    created = kit.create()
+    done = kit.fake.complete_payment_request(created.payment_request_id)
+    forged = {**done.notification.headers, "Klarna-Signature": "0" * 64}
+    pairs = HEADER_FORMS["asgi-bytes-pairs"](forged)
+
+    assert answer(kit.payments.handle_notification(done.notification.body, pairs)) == (
+        400,
+        "rejected",
+    )
+
+
+NOT_HEADERS: dict[str, object] = {
+    "none": None,
+    "a-string": "Klarna-Signature: abc",
+    "bytes": b"klarna-signature: abc",
+    "a-number": 42,
+    "a-set-of-pairs": {("klarna-signature", "abc")},
+    "a-pair-of-one": [("klarna-signature",)],
+    "a-pair-of-three": [("klarna-signature", "abc", "x")],
+    "a-flat-list": [b"klarna-signature", b"abc"],
+    "a-value-not-text": [(b"klarna-signature", 3)],
+    "a-name-not-text": {1: "abc"},
+    "a-mapping-value-none": {"Klarna-Signature": None},
+}
+
+
+@pytest.mark.parametrize("name", NOT_HEADERS, ids=str)
+def test_headers_that_are_neither_a_mapping_nor_pairs_are_refused(kit: Kit, name: str) -> None:
+    body = _envelope()
+
+    with pytest.raises(InvalidInput) as refused:
+        kit.payments.handle_notification(body, NOT_HEADERS[name])  # type: ignore[arg-type]
+
+    assert refused.value.field == "headers"
+    assert "abc" not in str(refused.value)
+    assert sum(kit.payments.notifications.counts.values()) == 0
+
+
+# -- signing keys --------------------------------------------------------------------
+
+
+def test_str_signing_keys_are_used_as_their_utf8_bytes(
+    make_payments: MakePayments, clock: ManualClock
+) -> None:
+    fake = FakeKlarna(clock=clock, signing_keys={"k1": "sécret-1".encode()})
+    payments = make_payments(signing_keys={"k1": "sécret-1"})
+    request_id = fake.create_payment_request(amount=AMOUNT, currency=CURRENCY)
+    payments.create(
+        flow=Flow.AUTHORIZATION,
+        amount=AMOUNT,
+        currency=CURRENCY,
+        reference="str-key",
+        payment_request_id=request_id,
+    )
+    done = fake.complete_payment_request(request_id)
+
+    result = payments.handle_notification(done.notification.body, done.notification.headers)
+
+    assert answer(result) == (200, "applied")
+
+
+KEY = "s3cr3t-key-material"
+BAD_SIGNING_KEYS: dict[str, object] = {
+    "a-string": KEY,
+    "bytes": KEY.encode(),
+    "a-list-of-pairs": [("k1", KEY)],
+    "a-bytes-key-id": {KEY.encode(): KEY},
+    "an-int-key-id": {1: KEY},
+    "an-empty-key-id": {"": KEY},
+    "an-empty-key": {"k1": b""},
+    "an-empty-str-key": {"k1": ""},
+    "an-int-key": {"k1": 12345},
+    "a-bytearray-key": {"k1": bytearray(KEY.encode())},
+    "a-none-key": {"k1": None},
+    "a-lone-surrogate": {"k1": KEY + "\ud800"},
+}
+
+
+@pytest.mark.parametrize("name", BAD_SIGNING_KEYS, ids=str)
+def test_invalid_signing_keys_are_refused_at_construction(name: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        Payments(signing_keys=BAD_SIGNING_KEYS[name])  # type: ignore[arg-type]
+
+    assert refused.value.field == "signing_keys"
+    for text in (str(refused.value), repr(refused.value), repr(vars(refused.value))):
+        assert KEY not in text
+        assert "12345" not in text

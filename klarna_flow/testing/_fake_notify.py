@@ -13,6 +13,7 @@ from typing import Any
 
 from klarna_flow._errors import InvalidInput
 from klarna_flow._validation import check_aware
+from klarna_flow._webhooks import check_signing_keys
 from klarna_flow.testing._fake_records import SignedNotification
 
 __all__ = ["DEFAULT_KEY_ID", "Signer", "iso_millis"]
@@ -30,16 +31,14 @@ class Signer:
     """Signs bodies with HMAC-SHA256 and wraps payloads in the v2 envelope.
 
     Args:
-        signing_keys: key id -> secret bytes; one random key when None.
+        signing_keys: key id -> secret bytes (or str, used as UTF-8), checked
+            as ``Payments`` checks them; one random key when None or empty.
     """
 
-    def __init__(self, signing_keys: Mapping[str, bytes] | None = None) -> None:
-        keys = dict(signing_keys) if signing_keys is not None else {}
+    def __init__(self, signing_keys: Mapping[str, bytes | str] | None = None) -> None:
+        keys = check_signing_keys(signing_keys if signing_keys is not None else {})
         if not keys:
             keys = {DEFAULT_KEY_ID: secrets.token_bytes(32)}
-        for key_id, key in keys.items():
-            if not isinstance(key_id, str) or not isinstance(key, bytes) or not key:
-                raise InvalidInput("signing_keys", "must map str key ids to non-empty bytes")
         self.signing_keys = keys
         self.default_key_id = next(iter(keys))
 

@@ -27,14 +27,35 @@ def _masked(value: str | None) -> str:
     return repr(mask(value))
 
 
+def _masked_body(body: bytes) -> str:
+    """``body`` with every token in it masked, or its size when it is not JSON."""
+    try:
+        masked = _mask_tokens(json.loads(body))
+    except (ValueError, RecursionError):
+        return f"<{len(body)} bytes>"
+    return repr(json.dumps(masked, separators=(",", ":")).encode())
+
+
+def _mask_tokens(value: Any, name: str = "") -> Any:
+    """``value`` with the strings under a ``*token`` name, or token KRNs, masked."""
+    if isinstance(value, dict):
+        return {key: _mask_tokens(item, str(key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_tokens(item, name) for item in value]
+    if isinstance(value, str) and (name.lower().endswith("token") or "-token:" in value):
+        return mask(value)
+    return value
+
+
 @attrs.frozen
 class SignedNotification:
     """A webhook call as Klarna would send it: raw body plus signed headers.
 
-    Post ``body`` with ``headers`` to the application's webhook endpoint.
+    Post ``body`` with ``headers`` to the application's webhook endpoint. Its
+    ``repr`` (and ``str``) masks every token in the body.
     """
 
-    body: bytes
+    body: bytes = attrs.field(repr=_masked_body)
     headers: dict[str, str]
 
     def json(self) -> dict[str, Any]:
