@@ -62,7 +62,7 @@ from klarna_flow._validation import (
     check_reference,
     check_secret_krn,
 )
-from klarna_flow._webhooks import NotificationResult
+from klarna_flow._webhooks import Headers, NotificationResult
 from klarna_flow.klarna import AsyncKlarnaClient, AuthorizationResponse, KlarnaClient
 
 __all__ = ["Payments"]
@@ -111,7 +111,7 @@ class Payments(PaymentStore):
         request_lifetime: timedelta = DEFAULT_REQUEST_LIFETIME,
         klarna: KlarnaClient | None = None,
         async_klarna: AsyncKlarnaClient | None = None,
-        signing_keys: Mapping[str, bytes] | None = None,
+        signing_keys: Mapping[str, bytes | str] | None = None,
     ) -> None:
         super().__init__(
             env,
@@ -123,7 +123,7 @@ class Payments(PaymentStore):
         )
         self.klarna = _check_type(klarna, KlarnaClient, "klarna")
         self.async_klarna = _check_type(async_klarna, AsyncKlarnaClient, "async_klarna")
-        self.notifications = NotificationHandler(self, signing_keys or {})
+        self.notifications = NotificationHandler(self, {} if signing_keys is None else signing_keys)
 
     # -- commands ----------------------------------------------------------
 
@@ -466,7 +466,7 @@ class Payments(PaymentStore):
             expired.append(payment_id)
         return expired
 
-    def handle_notification(self, body: bytes, headers: Mapping[str, str]) -> NotificationResult:
+    def handle_notification(self, body: bytes, headers: Headers) -> NotificationResult:
         """Verify and apply one Klarna notification.
 
         Returns:
@@ -478,9 +478,7 @@ class Payments(PaymentStore):
             raise InvalidInput("body", "must be the raw request body as bytes")
         return self.notifications.handle(body, headers)
 
-    async def handle_notification_async(
-        self, body: bytes, headers: Mapping[str, str]
-    ) -> NotificationResult:
+    async def handle_notification_async(self, body: bytes, headers: Headers) -> NotificationResult:
         """:meth:`handle_notification` with storage off the event loop."""
         return await asyncio.to_thread(self.handle_notification, body, headers)
 

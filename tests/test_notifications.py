@@ -665,6 +665,8 @@ BAD_SIGNING_KEYS: dict[str, object] = {
     "a-bytearray-key": {"k1": bytearray(KEY.encode())},
     "a-none-key": {"k1": None},
     "a-lone-surrogate": {"k1": KEY + "\ud800"},
+    "an-empty-string": "",  # falsy, but not "no keys"
+    "an-empty-list": [],
 }
 
 

@@ -85,7 +85,7 @@ class FakeKlarna(Authorizer):
         api_key: str = "test-api-key",
         clock: Clock | None = None,
         partner_account_id: str = DEFAULT_PARTNER_ACCOUNT,
-        signing_keys: Mapping[str, bytes] | None = None,
+        signing_keys: Mapping[str, bytes | str] | None = None,
         latency: float = 0.0,
     ) -> None:
         super().__init__(
