@@ -31,6 +31,7 @@ import attrs
 
 from klarna_flow import (
     AuthorizationInProgress,
+    AuthorizationWindowElapsed,
     CommandRefused,
     Flow,
     Payments,
@@ -88,7 +89,7 @@ def worker_cycle(payments: Payments, payment_ids: Sequence[UUID], *, start: int 
     for payment_id in ordered:
         try:
             payments.authorize(payment_id)
-        except (AuthorizationInProgress, CommandRefused):
+        except (AuthorizationInProgress, AuthorizationWindowElapsed, CommandRefused):
             continue  # another worker has it, or it is no longer authorizable
         won += 1
     payments.reconcile(older_than=timedelta(minutes=5))

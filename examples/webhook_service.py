@@ -38,7 +38,9 @@ from starlette.routing import Route
 
 from klarna_flow import (
     AuthorizationOutcome,
+    AuthorizationWindowElapsed,
     CommandRefused,
+    ConcurrentModification,
     InvalidInput,
     KlarnaFlowError,
     MissingToken,
@@ -89,7 +91,7 @@ def refusal_status(error: KlarnaFlowError) -> int | None:
         return 404
     if isinstance(error, WrongFlow | MissingToken | InvalidInput):
         return 422
-    if isinstance(error, CommandRefused):
+    if isinstance(error, CommandRefused | ConcurrentModification | AuthorizationWindowElapsed):
         return 409
     if isinstance(error, StorageError):
         return 503

@@ -461,7 +461,7 @@ class Payments(PaymentStore):
         for payment_id in due:
             try:
                 self.expire(payment_id, cause="command:expire_overdue")
-            except CommandRefused:
+            except (CommandRefused, ConcurrentModification):
                 continue  # changed meanwhile (authorized, canceled, already expired)
             expired.append(payment_id)
         return expired

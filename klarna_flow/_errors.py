@@ -12,10 +12,11 @@
     │   ├── WrongFlow                              e.g. authorizing a pure tokenization payment
     │   ├── MissingToken                           the tokens given do not fit the payment's flow
     │   ├── NotYetExpired                          expire() before the payment's time ran out
-    │   ├── AuthorizationWindowElapsed             60 minutes passed; PaymentExpired was recorded
-    │   ├── ReferenceConflict                      same (account, reference), different terms
-    │   └── ConcurrentModification                 another worker changed the payment first
-    │       └── AuthorizationInProgress            another worker already requested authorization
+    │   └── ReferenceConflict                      same (account, reference), different terms
+    ├── ConcurrentModification                     a lost race: another writer recorded first;
+    │   │                                          nothing of this command was recorded
+    │   └── AuthorizationInProgress                another worker already requested authorization
+    ├── AuthorizationWindowElapsed                 too late: PaymentExpired WAS recorded
     ├── StorageError                               the event store failed (translated)
     ├── NotificationRejected                       a webhook that must be answered with 400
     │   ├── InvalidSignature                       missing/unknown key id or signature mismatch
@@ -33,8 +34,11 @@
             ├── KlarnaRateLimited                  429, with ``retry_after``
             └── KlarnaServerError                  5xx
 
-Errors carry their context as attributes and never carry a secret (API key,
-session or customer token) in their message or attributes.
+Errors take their context at construction, carry it as attributes and never
+carry a secret (API key, session or customer token) in their message or
+attributes. ``CommandRefused`` promises that nothing was recorded; an error
+raised after something was recorded (``AuthorizationWindowElapsed``) is not
+one, and neither is a lost race (``ConcurrentModification``).
 """
 
 from __future__ import annotations
@@ -111,13 +115,13 @@ class PaymentNotFound(KlarnaFlowError, LookupError):
         self.payment_id = payment_id
 
 
-class CommandRefused(KlarnaFlowError):
-    """The lifecycle refused a command; nothing was recorded for it.
+class _PaymentError(KlarnaFlowError):
+    """An error about one payment and one command.
 
     Attributes:
         payment_id: the payment concerned.
-        command: the refused command (``complete``, ``request_authorization``...).
-        state: the payment's state when the command was refused (a string).
+        command: the command (``complete``, ``request_authorization``...).
+        state: the payment's state as found (a string).
     """
 
     def __init__(
@@ -132,6 +136,16 @@ class CommandRefused(KlarnaFlowError):
         self.payment_id = payment_id
         self.command = command
         self.state = state
+
+
+class CommandRefused(_PaymentError):
+    """The lifecycle refused a command; nothing was recorded for it.
+
+    Attributes:
+        payment_id: the payment concerned.
+        command: the refused command (``complete``, ``request_authorization``...).
+        state: the payment's state when the command was refused (a string).
+    """
 
 
 class InvalidTransition(CommandRefused):
@@ -150,16 +164,24 @@ class NotYetExpired(CommandRefused):
     """``expire`` was called before the payment's time ran out."""
 
 
-class AuthorizationWindowElapsed(CommandRefused):
-    """The 60-minute authorization window closed; ``PaymentExpired`` was recorded."""
+class AuthorizationWindowElapsed(_PaymentError):
+    """The 60-minute authorization window closed; ``PaymentExpired`` was recorded.
+
+    Not a refusal: the command recorded the expiry (or found it recorded by
+    another writer, ``state`` says which state it found).
+    """
 
 
 class ReferenceConflict(CommandRefused):
     """The (partner account, reference) pair is taken by different terms."""
 
 
-class ConcurrentModification(CommandRefused):
-    """Another writer recorded an event for this payment first."""
+class ConcurrentModification(_PaymentError):
+    """Another writer recorded an event for this payment first (a lost race).
+
+    Nothing of this command was recorded; ``state`` is the state found, when
+    it was read again. Loading the payment again and deciding anew is safe.
+    """
 
 
 class AuthorizationInProgress(ConcurrentModification):
@@ -190,17 +212,32 @@ class KlarnaError(KlarnaFlowError):
         may_have_acted: True when Klarna may have processed the request all
             the same: this attempt or an earlier one of the same call timed
             out, lost its connection after sending, got a 5xx or an answer
-            that could not be read. Set by the client when it gives up.
+            that could not be read. Given at construction; by default what
+            this kind of failure says on its own.
     """
 
-    def __init__(self, message: str, *, correlation_id: str | None = None) -> None:
+    acts_by_default = False
+    """Whether this kind of failure, on its own, leaves open that Klarna acted."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        correlation_id: str | None = None,
+        may_have_acted: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.correlation_id = correlation_id
-        self.may_have_acted = False
+        self.may_have_acted = self.acts_by_default if may_have_acted is None else may_have_acted
 
 
 class KlarnaTransportError(KlarnaError):
-    """The request could not be sent or its answer was not received."""
+    """The request could not be sent or its answer was not received.
+
+    ``may_have_acted`` is False only when the request never left (connecting failed).
+    """
+
+    acts_by_default = True
 
 
 class KlarnaTimeout(KlarnaTransportError, TimeoutError):
@@ -214,14 +251,17 @@ class KlarnaUnexpectedResponse(KlarnaError):
         status_code: the HTTP status of the answer.
     """
 
+    acts_by_default = True
+
     def __init__(
         self,
         message: str,
         *,
         status_code: int | None = None,
         correlation_id: str | None = None,
+        may_have_acted: bool | None = None,
     ) -> None:
-        super().__init__(message, correlation_id=correlation_id)
+        super().__init__(message, correlation_id=correlation_id, may_have_acted=may_have_acted)
         self.status_code = status_code
 
 
@@ -250,13 +290,14 @@ class KlarnaAPIError(KlarnaError):
         validation_errors: Sequence[Mapping[str, Any]] = (),
         correlation_id: str | None = None,
         body: Mapping[str, Any] | None = None,
+        may_have_acted: bool | None = None,
     ) -> None:
         summary = f"Klarna answered {status_code}"
         if error_code:
             summary += f" {error_code}"
         if error_message:
             summary += f": {error_message}"
-        super().__init__(summary, correlation_id=correlation_id)
+        super().__init__(summary, correlation_id=correlation_id, may_have_acted=may_have_acted)
         self.status_code = status_code
         self.error_code = error_code
         self.error_type = error_type
@@ -296,3 +337,5 @@ class KlarnaRateLimited(KlarnaAPIError):
 
 class KlarnaServerError(KlarnaAPIError):
     """5xx: ``INTERNAL_ERROR``, ``TECHNICAL_ERROR``, unavailable."""
+
+    acts_by_default = True

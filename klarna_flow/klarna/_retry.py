@@ -11,11 +11,9 @@ import time
 from collections.abc import Callable
 
 import attrs
-import httpx
 
 from klarna_flow._errors import (
     InvalidInput,
-    KlarnaAPIError,
     KlarnaError,
     KlarnaRateLimited,
     KlarnaServerError,
@@ -80,28 +78,6 @@ class RetryPolicy:
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_backoff))
         return delay
-
-
-# httpx failures that happen before a request leaves the machine.
-_NEVER_SENT = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.UnsupportedProtocol,
-)
-
-
-def may_have_acted(error: KlarnaError) -> bool:
-    """Whether Klarna may have processed the attempt that ended in ``error``.
-
-    Only an answer saying the request was refused (4xx, 429) or a failure to
-    connect at all proves it was not.
-    """
-    if isinstance(error, KlarnaAPIError):
-        return isinstance(error, KlarnaServerError)
-    if isinstance(error, KlarnaTransportError):
-        return not isinstance(error.__cause__, _NEVER_SENT)
-    return True  # an answer we could not read: Klarna may have acted
 
 
 def is_retryable(error: KlarnaError) -> bool:
