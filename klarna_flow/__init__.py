@@ -45,7 +45,7 @@ from klarna_flow._payment import Payment
 from klarna_flow._read_models import IndexRow
 from klarna_flow._sealed import SealedSecret
 from klarna_flow._verify import Finding, VerificationReport
-from klarna_flow._webhooks import NotificationResult
+from klarna_flow._webhooks import NotificationOutcome, NotificationResult
 from klarna_flow.klarna import (
     AsyncKlarnaClient,
     AuthorizationResponse,
@@ -92,6 +92,7 @@ __all__ = [
     "MissingToken",
     "NaiveDatetime",
     "NotYetExpired",
+    "NotificationOutcome",
     "NotificationRejected",
     "NotificationResult",
     "OutcomeResult",

@@ -29,6 +29,7 @@ from klarna_flow._webhooks import (
     KNOWN_TYPES,
     Envelope,
     Headers,
+    NotificationOutcome,
     NotificationResult,
     check_signing_keys,
     parse_envelope,
@@ -77,42 +78,66 @@ class NotificationHandler:
             verify_signature(body, headers, self.signing_keys)
             envelope = parse_envelope(body)
         except NotificationRejected as e:
-            return self._count(NotificationResult(400, "rejected", detail=str(e)))
+            return self._count(NotificationResult(400, NotificationOutcome.REJECTED, detail=str(e)))
         if envelope.event_type not in KNOWN_TYPES:
-            return self._count(_result(envelope, 200, "unknown_type", None, "ignored"))
+            return self._count(
+                _result(envelope, 200, NotificationOutcome.UNKNOWN_TYPE, None, "ignored")
+            )
         try:
             return self._count(self._apply(envelope))
         except StorageError as e:
-            return self._count(_result(envelope, 503, "error", None, str(e)))
+            return self._count(_result(envelope, 503, NotificationOutcome.ERROR, None, str(e)))
 
     def _apply(self, envelope: Envelope) -> NotificationResult:
         payment_id = self.app.find_by_payment_request(envelope.payment_request_id)
         if payment_id is None:
-            return _result(envelope, 404, "unknown_payment", None, "no payment has this request")
+            return _result(
+                envelope,
+                404,
+                NotificationOutcome.UNKNOWN_PAYMENT,
+                None,
+                "no payment has this request",
+            )
         for _ in range(3):
             try:
                 return self._apply_to(envelope, self.app.get(payment_id))
             except ConcurrentModification:
                 continue  # another writer got there first: look again
-        return _result(envelope, 503, "conflict", payment_id, "payment kept changing; retry")
+        return _result(
+            envelope, 503, NotificationOutcome.CONFLICT, payment_id, "payment kept changing; retry"
+        )
 
     def _apply_to(self, envelope: Envelope, payment: Payment) -> NotificationResult:
         cause = f"notification:{envelope.event_id}"
         if envelope.event_id in payment.notification_ids:
-            return _result(envelope, 200, "duplicate", payment.id, "already applied")
+            return _result(
+                envelope, 200, NotificationOutcome.DUPLICATE, payment.id, "already applied"
+            )
         if is_final(payment.state, payment.flow) or payment.state is PaymentState.AUTHORIZING:
-            return _result(envelope, 200, "ignored", payment.id, f"payment is {payment.state}")
+            return _result(
+                envelope,
+                200,
+                NotificationOutcome.IGNORED,
+                payment.id,
+                f"payment is {payment.state}",
+            )
         try:
             applied = self._command(envelope, payment, cause)
         except InvalidInput as e:
             # The body carries something unusable (a malformed token): answer
             # 400 so the delivery stays visible at Klarna rather than vanish.
-            return _result(envelope, 400, "rejected", payment.id, str(e))
+            return _result(envelope, 400, NotificationOutcome.REJECTED, payment.id, str(e))
         except CommandRefused as e:  # a lost race (ConcurrentModification) goes up: retried
-            return _result(envelope, 200, "refused", payment.id, str(e))
+            return _result(envelope, 200, NotificationOutcome.REFUSED, payment.id, str(e))
         if not applied:
-            return _result(envelope, 200, "ignored", payment.id, f"payment is {payment.state}")
-        return _result(envelope, 200, "applied", payment.id, "")
+            return _result(
+                envelope,
+                200,
+                NotificationOutcome.IGNORED,
+                payment.id,
+                f"payment is {payment.state}",
+            )
+        return _result(envelope, 200, NotificationOutcome.APPLIED, payment.id, "")
 
     def _command(self, envelope: Envelope, payment: Payment, cause: str) -> bool:
         app = self.app
@@ -140,7 +165,11 @@ class NotificationHandler:
 
 
 def _result(
-    envelope: Envelope, status: int, outcome: str, payment_id: UUID | None, detail: str
+    envelope: Envelope,
+    status: int,
+    outcome: NotificationOutcome,
+    payment_id: UUID | None,
+    detail: str,
 ) -> NotificationResult:
     return NotificationResult(
         status_code=status,

@@ -10,12 +10,14 @@ mapping or as ASGI's raw list of ``(name, value)`` pairs (bytes or str).
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
+from uuid import UUID
 
 import attrs
 
@@ -26,6 +28,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "Envelope",
     "Headers",
+    "NotificationOutcome",
     "NotificationResult",
     "check_signing_keys",
     "parse_envelope",
@@ -45,15 +48,37 @@ Text: TypeAlias = str | bytes
 Headers: TypeAlias = Mapping[str, str] | Mapping[Text, Text] | Sequence[tuple[Text, Text]]
 
 
+class NotificationOutcome(enum.StrEnum):
+    """What was done with one notification (compares equal to its string value)."""
+
+    APPLIED = "applied"
+    """The payment recorded it."""
+    DUPLICATE = "duplicate"
+    """Its ``event_id`` was applied before."""
+    IGNORED = "ignored"
+    """Late, repeated or a no-op for the payment as it stands (never moves it back)."""
+    UNKNOWN_TYPE = "unknown_type"
+    """An event type this library does not act on (counted, acknowledged)."""
+    UNKNOWN_PAYMENT = "unknown_payment"
+    """No payment holds its payment request (yet): answered 404, Klarna retries."""
+    REFUSED = "refused"
+    """The lifecycle refused the command it maps to (acknowledged)."""
+    REJECTED = "rejected"
+    """A bad signature or body: answered 400."""
+    CONFLICT = "conflict"
+    """The payment kept changing under it: answered 503, Klarna retries."""
+    ERROR = "error"
+    """The store failed: answered 503, Klarna retries."""
+
+
 @attrs.frozen
 class NotificationResult:
     """What the webhook endpoint should answer, and what was done.
 
     Attributes:
         status_code: the HTTP status to answer with (2xx acknowledges).
-        outcome: ``applied``, ``duplicate``, ``ignored`` (late, repeated or a
-            no-op), ``unknown_type``, ``unknown_payment``, ``refused`` or
-            ``rejected`` (bad signature or body).
+        outcome: a :class:`NotificationOutcome` (a ``str`` enum: ``applied``,
+            ``duplicate``, ``ignored``, ...).
         event_id: the notification's ``event_id`` when it could be read.
         event_type: its ``event_type`` when it could be read.
         payment_id: the payment it concerned, when found.
@@ -61,10 +86,10 @@ class NotificationResult:
     """
 
     status_code: int
-    outcome: str
+    outcome: NotificationOutcome = attrs.field(converter=NotificationOutcome)
     event_id: str | None = None
     event_type: str | None = None
-    payment_id: Any = None
+    payment_id: UUID | None = None
     detail: str = ""
 
     @property

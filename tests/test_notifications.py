@@ -25,6 +25,7 @@ from klarna_flow import (
     ConfigurationError,
     Flow,
     InvalidInput,
+    NotificationOutcome,
     NotificationResult,
     Payment,
     Payments,
@@ -80,7 +81,9 @@ def test_completed_records_the_completion_caused_by_the_notification(kit: Kit) -
     result = deliver(kit, done.notification)
 
     assert answer(result) == (200, "applied")
+    assert result.outcome is NotificationOutcome.APPLIED  # a typed result
     assert result.acknowledged
+    assert isinstance(result.payment_id, UUID)
     assert result.payment_id == created.payment_id
     assert result.event_id == done.notification.event_id
     assert result.event_type == COMPLETED
@@ -266,7 +269,7 @@ def test_the_same_notification_delivered_twice_at_once_is_applied_once(kit: Kit)
         t.join(timeout=30)
 
     assert [r.status_code for r in results] == [200, 200]
-    assert [r.outcome for r in results].count("applied") == 1
+    assert sum(r.outcome == "applied" for r in results) == 1
     assert kit.names(created.payment_id) == ["PaymentCreated", "PurchaseCompleted"]
 
 

@@ -49,6 +49,7 @@ EXPORTED = [
     "MissingToken",
     "NaiveDatetime",
     "NotYetExpired",
+    "NotificationOutcome",
     "NotificationRejected",
     "NotificationResult",
     "OutcomeResult",
