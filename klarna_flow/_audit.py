@@ -8,9 +8,11 @@ the key that sealed it, any field whose name contains ``token`` is masked, and
 a token-shaped KRN inside any other text is masked too.
 
 :class:`AuditLog` is the read side an auditor is given. ``AuditLog.open(db)``
-opens a store with no cipher key through a ``Payments`` that refuses every
-write (commands raise :class:`ConfigurationError`), so handing someone audit
-access never lets them record an event, least of all one with a token in clear.
+opens an existing store with no cipher key through a ``Payments`` that refuses
+every write (commands raise :class:`ConfigurationError`), so handing someone
+audit access never lets them record an event, least of all one with a token in
+clear. It creates no table: a file that holds no klarna_flow store is refused,
+and ``read_only=True`` writes nothing at all (SQLite's ``mode=ro``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
@@ -37,9 +39,18 @@ from klarna_flow._errors import ConfigurationError, InvalidInput, PaymentNotFoun
 from klarna_flow._lifecycle import PaymentState
 from klarna_flow._payment import EVENT_STATES, Payment
 from klarna_flow._projections import Progress
-from klarna_flow._read_models import as_uuid
+from klarna_flow._read_models import IndexRow, MemoryIndex, ReadModelStore, RowValues, as_uuid
 from klarna_flow._sealed import PLAINTEXT_KEY_ID, SealedSecret
 from klarna_flow._secrets import MASK, mask
+from klarna_flow._stores import (
+    is_postgres_url,
+    postgres_env,
+    postgres_tables,
+    require_tables,
+    require_wal,
+    sqlite_env,
+    sqlite_tables,
+)
 from klarna_flow._verify import ChainVerifier, VerificationReport
 
 __all__ = ["AuditEntry", "AuditLog", "TextOut", "VerificationReport", "read_entry"]
@@ -214,24 +225,49 @@ class AuditLog:
         self.payments = payments
 
     @classmethod
-    def open(cls, db: str | os.PathLike[str], **kwargs: Any) -> AuditLog:
-        """Open a SQLite file or PostgreSQL URL for auditing; needs no cipher key.
+    def open(
+        cls, db: str | os.PathLike[str], *, read_only: bool = False, **kwargs: Any
+    ) -> AuditLog:
+        """Open an existing SQLite file or PostgreSQL store for auditing; needs no cipher key.
 
         ``log.payments`` is a ``Payments`` that reads (``get``, ``state_at``,
         ``read_model``, ``rebuild_read_models``...) but records nothing: every
-        command raises :class:`ConfigurationError`.
+        command raises :class:`ConfigurationError`. No table is ever created:
+        a file or database without klarna_flow's tables is refused as it is.
+
+        Args:
+            db: an SQLite path or a ``postgresql://`` URL.
+            read_only: write nothing at all: an SQLite file is opened
+                read-only (``mode=ro``), and the read models are brought up to
+                date in memory. Otherwise the read-model tables are kept up to
+                date (and rebuilt by ``rebuild_read_models``); events are never
+                written either way.
+            kwargs: passed on to ``Payments`` (``clock``, ``env``...).
 
         Raises:
             InvalidInput: ``db`` names an SQLite file that does not exist.
-            StorageError: the store cannot be opened.
+            ConfigurationError: ``db`` holds no klarna_flow store (a file or
+                database of something else, or an empty one).
+            StorageError: the store cannot be opened (the file is not an
+                SQLite database; or, read-only, its journal is not in WAL mode).
         """
         text = os.fspath(db)
-        if not text.startswith(("postgres://", "postgresql://")) and not os.path.exists(text):
-            raise InvalidInput("db", f"no event store at {text}")
+        postgres = is_postgres_url(text)
+        env = _env(text, read_only=read_only, extra=kwargs.pop("env", None))
+        found = None if postgres else sqlite_tables(text)  # read before anything connects
+        kind = _ReadOnlyPayments if read_only else _KeylessPayments
         try:
-            return cls(_ReadOnlyPayments.open(text, cipher=_NO_KEY, **kwargs))
+            payments = kind(env, cipher=_NO_KEY, **kwargs)
         except sqlite3.Error as e:  # e.g. "file is not a database", from Payments' constructor
             raise StorageError(f"cannot open the event store at {text}: {e}") from e
+        try:
+            _require_store(payments, text, found)
+            if read_only and not postgres:
+                require_wal(text)
+        except BaseException:
+            payments.close()
+            raise
+        return cls(payments)
 
     def trail(self, payment_id: UUID) -> list[AuditEntry]:
         """Every event of the payment, oldest first, with secrets masked.
@@ -364,11 +400,11 @@ _READ_ONLY = (
 )
 
 # A cipher is required to construct Payments on a durable store. This one holds
-# no key and is never used to seal: _ReadOnlyPayments refuses to seal and to save.
+# no key and is never used to seal: _KeylessPayments refuses to seal and to save.
 _NO_KEY = TokenCipher(None, plaintext=True)
 
 
-class _ReadOnlyPayments(Payments):
+class _KeylessPayments(Payments):
     """A ``Payments`` that reads and never records (no save, no seal, no unseal)."""
 
     name = Payments.name  # same tables, same chain genesis as the writer's
@@ -381,3 +417,93 @@ class _ReadOnlyPayments(Payments):
 
     def unseal(self, payment_id: UUID, field: str, sealed: SealedSecret) -> str:
         raise ConfigurationError(_READ_ONLY)
+
+
+class _ReadOnlyPayments(_KeylessPayments):
+    """A ``_KeylessPayments`` that writes nothing, read models included."""
+
+    name = Payments.name
+
+    def _construct_read_model_store(self) -> ReadModelStore:
+        return _UpdatedInMemory(super()._construct_read_model_store())
+
+
+def _env(db: str, *, read_only: bool, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """eventsourcing's settings for auditing ``db``: never creating a table."""
+    env = postgres_env(db) if is_postgres_url(db) else sqlite_env(db, read_only=read_only)
+    env.update(extra or {})
+    env["CREATE_TABLE"] = "n"  # an audit never creates the store it reads
+    return env
+
+
+def _require_store(payments: Payments, db: str, tables: frozenset[str] | None) -> None:
+    """Refuse a store without klarna_flow's events and payment index tables.
+
+    ``tables`` are an SQLite file's, listed before the store was opened; a
+    PostgreSQL schema's are listed here.
+    """
+    needed = (
+        getattr(payments.recorder, "events_table_name", ""),
+        f"{payments.name.lower()}_payment_index",  # as SQLIndex names it
+    )
+    if tables is None:
+        tables = postgres_tables(getattr(payments.factory, "datastore", None))
+    require_tables(tables, needed, db)
+
+
+class _UpdatedInMemory:
+    """The read models as stored, with every update kept in memory.
+
+    Reads go to the stored tables until the first update (a catch-up or a
+    rebuild); from then on to a copy in memory, so a read-only audit still
+    sees read models that follow the whole log.
+    """
+
+    def __init__(self, stored: ReadModelStore) -> None:
+        self._stored = stored
+        self._memory: MemoryIndex | None = None
+
+    def _reads(self) -> ReadModelStore:
+        return self._stored if self._memory is None else self._memory
+
+    def _updates(self) -> MemoryIndex:
+        if self._memory is None:
+            memory = MemoryIndex()
+            position = self._stored.position()
+            rows = {r.payment_id: r for r in self._stored.all_rows()}
+            memory.apply(rows, expected=0, position=position)
+            self._memory = memory
+        return self._memory
+
+    def position(self) -> int:
+        return self._reads().position()
+
+    def rows(self, ids: Iterable[UUID]) -> dict[UUID, IndexRow]:
+        return self._reads().rows(ids)
+
+    def apply(self, rows: Mapping[UUID, IndexRow], *, expected: int, position: int) -> bool:
+        return self._updates().apply(rows, expected=expected, position=position)
+
+    def load(self, values: Sequence[RowValues], *, expected: int, position: int) -> bool:
+        return self._updates().load(values, expected=expected, position=position)
+
+    def by_payment_request(self, payment_request_id: str) -> UUID | None:
+        return self._reads().by_payment_request(payment_request_id)
+
+    def due(self, now: float) -> list[UUID]:
+        return self._reads().due(now)
+
+    def in_state(self, state: str) -> list[IndexRow]:
+        return self._reads().in_state(state)
+
+    def counts(self) -> dict[str, int]:
+        return self._reads().counts()
+
+    def all_rows(self) -> list[IndexRow]:
+        return self._reads().all_rows()
+
+    def versions(self) -> list[tuple[UUID, int]]:
+        return self._reads().versions()
+
+    def clear(self) -> None:
+        self._memory = MemoryIndex()

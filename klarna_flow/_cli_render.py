@@ -7,6 +7,7 @@ the id of the key that sealed them).
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,9 +43,21 @@ __all__ = [
 _WIDE = 200  # when piped, Rich would otherwise cut tables at 80 columns
 
 
+class _Console(Console):
+    """A Rich console that leaves a closed stdout to the command.
+
+    Rich would exit with status 1 itself; ``klarna-flow`` ends every command
+    whose reader went away the same quiet way (see ``klarna_flow.cli``).
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
+
+
 def stdout() -> Console:
     """A console on stdout: styled on a terminal, plain and wide when piped."""
-    console = Console(highlight=False)
+    console = _Console(highlight=False)
     if not console.is_terminal:
         console.width = _WIDE
     return console

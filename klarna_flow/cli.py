@@ -14,15 +14,19 @@
     klarna-flow fake-server               serve a FakeKlarna on loopback
 
 Every command takes ``--db`` (an SQLite path or a ``postgresql://`` URL;
-default ``klarna_flow_demo.sqlite``, or ``$KLARNA_FLOW_DB``). The read-only
-commands (audit, history, export, verify, replay) need no cipher key: they
-open the store through :meth:`AuditLog.open`, which records nothing. expire
-and reconcile need the key: ``--key-file``, ``$KLARNA_FLOW_CIPHER_KEY``, or
-the demo's ``<db>.key``.
+default ``klarna_flow_demo.sqlite``, or ``$KLARNA_FLOW_DB``). Only ``demo``
+creates a store; the others refuse a missing file or one that holds no
+klarna_flow store, and create no table in it. The read-only commands (audit,
+history, export, verify) open the store read-only through
+:meth:`AuditLog.open` and write nothing; replay writes only the read-model
+tables. None of these needs a cipher key. expire and reconcile need the key:
+``--key-file``, ``$KLARNA_FLOW_CIPHER_KEY``, or the demo's ``<db>.key``.
 
 Exit codes: 0 success; 1 a finding or failure (verify found tampering, no
 such payment, the store or Klarna failed); 2 a usage error (bad arguments, no
-database, no key). Errors are one line on stderr, never a traceback.
+database, no key). Errors are one line on stderr, never a traceback. When
+the reader of the output goes away (``klarna-flow export | head``), the
+command ends quietly with status 141, as Unix tools ended by SIGPIPE do.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ __all__ = ["app", "main"]
 DEFAULT_DB = "klarna_flow_demo.sqlite"
 EXIT_FINDING = 1
 EXIT_USAGE = 2
+EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a command ended by SIGPIPE
 
 
 class _Group(TyperGroup):
@@ -65,6 +70,9 @@ class _Group(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # a typer (vendored click) Context
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error
+            _stdout_closed()
+            raise typer.Exit(EXIT_PIPE_CLOSED) from None
         except (InvalidInput, ConfigurationError) as e:
             _fail(e, EXIT_USAGE)
         except KlarnaFlowError as e:
@@ -76,6 +84,19 @@ class _Group(TyperGroup):
 def _fail(error: BaseException, code: int) -> None:
     typer.echo(f"klarna-flow: error: {error}", err=True)
     raise typer.Exit(code)
+
+
+def _stdout_closed() -> None:
+    """Point stdout at the null device: its reader is gone.
+
+    What is still buffered for stdout goes there instead, so the
+    interpreter's last flush does not fail (and say so) at exit.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file descriptor (e.g. under a test runner)
+        pass
 
 
 app = typer.Typer(
@@ -117,8 +138,9 @@ def _print_json(value: Any) -> None:
 
 
 @contextmanager
-def _audit_log(db: str) -> Iterator[AuditLog]:
-    log = AuditLog.open(db)
+def _audit_log(db: str, *, read_only: bool = True) -> Iterator[AuditLog]:
+    """The store at ``db``, opened with no key; it must exist and hold klarna_flow's tables."""
+    log = AuditLog.open(db, read_only=read_only)
     try:
         yield log
     finally:
@@ -128,8 +150,8 @@ def _audit_log(db: str) -> Iterator[AuditLog]:
 @contextmanager
 def _payments(db: str, key_file: Path | None, **kwargs: Any) -> Iterator[Payments]:
     """``Payments`` for commands that record events: these need the cipher key."""
-    if not is_postgres(db) and not os.path.exists(db):
-        raise InvalidInput("db", f"no event store at {db}")
+    if not is_postgres(db):  # an existing klarna_flow store, and nothing else
+        AuditLog.open(db).close()  # reads the file's list of tables; connects to nothing
     try:
         payments = Payments.open(db, cipher=_cipher(db, key_file), **kwargs)
     except sqlite3.Error as e:  # e.g. "file is not a database", from Payments' constructor
@@ -287,9 +309,9 @@ def verify(
 def replay(db: Db = DEFAULT_DB, as_json: Json = False) -> None:
     """Rebuild the read models from the whole event log and show the counts.
 
-    Needs no cipher key (no event is recorded).
+    Writes only the read-model tables; needs no cipher key (no event is recorded).
     """
-    with _audit_log(db) as log:
+    with _audit_log(db, read_only=False) as log:
         with render.progress_bar("replaying") as progress:
             replayed = log.payments.rebuild_read_models(progress=progress)
         counts = log.payments.counts_by_state()
@@ -421,6 +443,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         typer.echo(f"klarna-flow: usage error: {e.format_message()} (see {where} --help)", err=True)
         sys.exit(e.exit_code)
+    try:
+        sys.stdout.flush()  # here, not at exit, where a closed pipe could not be handled
+    except BrokenPipeError:
+        _stdout_closed()
+        sys.exit(EXIT_PIPE_CLOSED)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -7,12 +7,14 @@ can read everything and record nothing.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
 import pytest
@@ -30,6 +32,7 @@ from klarna_flow import _audit as audit_module
 from klarna_flow._audit import AuditEntry, AuditLog, read_entry
 from klarna_flow.testing import CompletedRequest, ManualClock
 from tests._flow_helpers import Kit, MakePayments, open_kit
+from tests.conftest import PG_URL
 
 S = PaymentState
 
@@ -388,3 +391,65 @@ def test_auditing_a_missing_file_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="no event store"):
         AuditLog.open(path)
     assert not path.exists()
+
+
+def _tables(path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master"))
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+@pytest.mark.parametrize("kind", ["foreign", "empty"])
+def test_auditing_a_file_without_a_klarna_flow_store_creates_nothing(
+    tmp_path: Path, kind: str, read_only: bool
+) -> None:
+    path = tmp_path / "crm.db"
+    path.touch()
+    if kind == "foreign":
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("CREATE TABLE customers (id INTEGER)")
+    before = path.read_bytes()
+
+    with pytest.raises(ConfigurationError, match=f"^{path} holds no klarna_flow store$"):
+        AuditLog.open(path, read_only=read_only)
+
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crm.db"]
+
+
+@pytest.mark.postgres
+def test_auditing_a_database_without_a_klarna_flow_store_creates_nothing(pg_schema: str) -> None:
+    import psycopg
+
+    assert PG_URL is not None
+    for read_only in (True, False):
+        with pytest.raises(ConfigurationError, match="holds no klarna_flow store") as refused:
+            AuditLog.open(PG_URL, read_only=read_only, env={"POSTGRES_SCHEMA": pg_schema})
+        assert f":{urlsplit(PG_URL).password}@" not in str(refused.value)  # the URL, shown bare
+    with psycopg.connect(PG_URL) as conn:
+        query = "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
+        assert conn.execute(query, (pg_schema,)).fetchall() == []
+
+
+def test_a_read_only_log_writes_nothing_and_still_follows_the_log(
+    sqlite_file: Path, clock: ManualClock, cipher: TokenCipher
+) -> None:
+    with AuditLog.open(sqlite_file) as log:  # the read models, caught up and stored
+        assert len(log.payments.read_model()) == 5
+    writer = Payments.sqlite(sqlite_file, clock=clock, cipher=cipher)
+    late = writer.create(flow=Flow.AUTHORIZATION, amount=100, currency="EUR", reference="late")
+    writer.close()  # the stored read models have not seen it
+    before, tables = sqlite_file.read_bytes(), _tables(sqlite_file)
+
+    with AuditLog.open(sqlite_file, read_only=True) as log:
+        assert log.payments.read_model(S.CREATED)[-1].payment_id == late  # caught up in memory
+        assert sum(log.payments.counts_by_state().values()) == 6
+        assert log.payments.rebuild_read_models() == log.verify().events_checked
+        assert len(log.payments.read_model()) == 6
+        with pytest.raises(ConfigurationError, match="records nothing"):
+            log.payments.cancel(late)
+
+    assert sqlite_file.read_bytes() == before
+    assert _tables(sqlite_file) == tables
+    with AuditLog.open(sqlite_file) as log:  # the stored read models were left as they were
+        assert log.payments.index.store.position() == log.verify().events_checked - 1

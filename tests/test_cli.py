@@ -9,6 +9,7 @@ environment, not beside the database.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -237,6 +238,97 @@ def test_a_database_that_is_not_one_is_a_failure(tmp_path: Path) -> None:
     key_file.write_text(generate_key())
     for args in (["verify"], ["expire", "--key-file", str(key_file)]):
         assert_one_line_error(run(*args, "--db", str(db)), 1, "not a database")
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the script's entry point."""
+    with pytest.raises(SystemExit) as ended:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(ended.value.code or 0), out, err
+
+
+@pytest.fixture
+def no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in NO_SECRETS_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _store_commands(key_file: Path) -> list[list[str]]:
+    payment = str(uuid4())
+    return [
+        ["audit", payment],
+        ["history", payment, "--version", "1"],
+        ["export"],
+        ["export", "--out", str(key_file.parent / "out.jsonl")],
+        ["verify"],
+        ["replay"],
+        ["expire", "--key-file", str(key_file)],
+        ["reconcile", "--key-file", str(key_file), "--api-key", "k"],
+    ]
+
+
+@pytest.mark.usefixtures("no_secrets")
+@pytest.mark.parametrize("kind", ["foreign", "empty"])
+def test_a_file_without_a_klarna_flow_store_is_refused_and_left_alone(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "crm"
+    folder.mkdir()
+    db = folder / "crm.db"
+    db.touch()
+    if kind == "foreign":
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE customers (id INTEGER)")
+    before = db.read_bytes()
+    key_file = tmp_path / "cipher.key"
+    key_file.write_text(generate_key())
+
+    for args in _store_commands(key_file):
+        code, out, err = run_main(capsys, *args, "--db", str(db))
+        assert (code, out, err) == (2, "", f"klarna-flow: error: {db} holds no klarna_flow store\n")
+
+    assert db.read_bytes() == before
+    assert [p.name for p in folder.iterdir()] == ["crm.db"]  # no journal, no key, no export
+
+
+@pytest.mark.usefixtures("no_secrets")
+def test_read_only_commands_write_nothing_to_a_store(
+    demo_db: tuple[str, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, result = demo_db
+    db = tmp_path / "copy.sqlite"
+    shutil.copy(source, db)
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # as a rebuild cut short leaves it
+        conn.execute("DROP INDEX payments_payment_index_state")
+    before = db.read_bytes()
+    payment_id = by_path(result)["step-up"]["payment_id"]
+
+    for args in (
+        ["audit", payment_id],
+        ["history", payment_id, "--version", "2"],
+        ["export"],
+        ["verify"],
+    ):
+        code, out, _ = run_main(capsys, *args, "--db", str(db))
+        assert code == 0
+        assert out
+
+    assert db.read_bytes() == before
+
+
+def test_a_store_not_in_wal_mode_is_not_opened_read_only(
+    demo_db: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    source, _ = demo_db
+    db = tmp_path / "copy.sqlite"
+    shutil.copy(source, db)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")
+
+    assert_one_line_error(run("verify", "--db", str(db)), 1, "read-only", "not WAL")
+    ok("replay", "--db", str(db))  # a writer sets WAL again
+    ok("verify", "--db", str(db))
 
 
 def test_history_by_version_and_by_time(demo_db: tuple[str, dict[str, Any]]) -> None:
@@ -532,6 +624,34 @@ def test_the_entry_point_runs_as_a_module() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("digraph")
+
+
+def test_a_closed_pipe_ends_export_quietly(tmp_path: Path) -> None:
+    """``klarna-flow export | head``: the reader goes away after one line."""
+    db = tmp_path / "many.sqlite"
+    payments = Payments.sqlite(db, cipher=TokenCipher.ephemeral())
+    for n in range(600):  # ~250 kB of JSON Lines: more than any pipe buffers
+        payments.create(flow=Flow.AUTHORIZATION, amount=100, currency="EUR", reference=f"r{n}")
+    payments.close()
+    command = [sys.executable, "-m", "klarna_flow.cli", "export", "--db", str(db)]
+
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_subprocess_env()
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # as head does once it has its lines
+        err = process.stderr.read()
+        code = process.wait(timeout=60)
+
+    assert json.loads(first)["event"] == "PaymentCreated"
+    assert err == b""  # no "error:", no traceback, no "Exception ignored"
+    assert code == 141  # 128 + SIGPIPE, as a shell reports a Unix tool ended by a closed pipe
+
+
+def _subprocess_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in NO_SECRETS_ENV}
 
 
 # -- progress ---------------------------------------------------------------------------
