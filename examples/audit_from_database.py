@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from uuid import UUID
 
-from klarna_flow import AuditLog, InvalidInput, PaymentNotFound
+from klarna_flow import AuditLog, ConfigurationError, InvalidInput, PaymentNotFound
 
 
 def print_trail(log: AuditLog, payment_id: UUID) -> None:
@@ -59,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("payment_id", type=UUID, help="the payment to audit")
     args = parser.parse_args(argv)
     try:
-        log = AuditLog.open(args.db)  # no cipher key: reads, never records
-    except InvalidInput as e:
+        log = AuditLog.open(args.db, read_only=True)  # no cipher key: reads, never records
+    except (InvalidInput, ConfigurationError) as e:  # missing, or no klarna_flow store
         print(f"error: {e}", file=sys.stderr)
         return 2
     with log:

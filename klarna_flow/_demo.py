@@ -30,6 +30,7 @@ from klarna_flow._cipher import CIPHER_KEY_ENV, TokenCipher, generate_key, parse
 from klarna_flow._clock import SystemClock
 from klarna_flow._errors import ConfigurationError
 from klarna_flow._lifecycle import AUTHORIZATION_WINDOW, Flow
+from klarna_flow._stores import is_postgres_url, shown, sqlite_tables
 from klarna_flow.klarna import KlarnaClient, RetryPolicy
 from klarna_flow.testing import FakeKlarna, ManualClock
 
@@ -167,6 +168,17 @@ class _Demo:
         self.app.expire_overdue()
 
 
+def _refuse_a_foreign_file(db: str) -> None:
+    """The demo creates its store in a new or empty file, or adds to its own; never to another's."""
+    if is_postgres_url(db) or not os.path.exists(db):
+        return
+    tables = sqlite_tables(db)
+    if tables and "stored_events" not in tables:
+        raise ConfigurationError(
+            f"{shown(db)} holds no klarna_flow store; the demo writes none there"
+        )
+
+
 def run_demo(db: str | os.PathLike[str]) -> DemoResult:
     """Drive one payment down each path of the lifecycle on ``db``.
 
@@ -175,6 +187,7 @@ def run_demo(db: str | os.PathLike[str]) -> DemoResult:
         StorageError: the store cannot be opened or written.
     """
     db = os.fspath(db)
+    _refuse_a_foreign_file(db)
     cipher, key_file = _cipher(db)
     clock = ManualClock(SystemClock().now())
     fake = FakeKlarna(clock=clock)

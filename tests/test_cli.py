@@ -293,6 +293,25 @@ def test_a_file_without_a_klarna_flow_store_is_refused_and_left_alone(
 
 
 @pytest.mark.usefixtures("no_secrets")
+def test_the_demo_writes_no_store_into_another_application_s_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "crm.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER)")
+    before = db.read_bytes()
+
+    code, out, err = run_main(capsys, "demo", "--db", str(db))
+
+    assert (code, out) == (2, "")
+    assert (
+        err == f"klarna-flow: error: {db} holds no klarna_flow store; the demo writes none there\n"
+    )
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crm.db"]  # no key file either
+
+
+@pytest.mark.usefixtures("no_secrets")
 def test_read_only_commands_write_nothing_to_a_store(
     demo_db: tuple[str, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -147,3 +147,14 @@ def test_audit_of_an_unknown_payment_or_database(
     assert f"payment {unknown} not found" in capsys.readouterr().err
     assert audit_from_database.main([str(tmp_path / "nowhere.sqlite"), unknown]) == 2
     assert "no event store" in capsys.readouterr().err
+
+
+def test_audit_of_a_file_that_holds_no_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    foreign = tmp_path / "crm.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE customers (id)")
+
+    assert audit_from_database.main([str(foreign), "00000000-0000-4000-8000-000000000000"]) == 2
+    assert "holds no klarna_flow store" in capsys.readouterr().err
