@@ -26,10 +26,10 @@ from uuid import uuid5
 
 from benchmarks._harness import best_of, report
 from klarna_flow import Flow, Payment, Payments, TokenCipher
-from klarna_flow._audit import AuditLog
-from klarna_flow._payment_store import payment_id_for
-from klarna_flow._projections import _BATCH as REPLAY_PAGE
-from klarna_flow._verify import PAGE_SIZE as VERIFY_PAGE
+from klarna_flow._audit.log import AuditLog
+from klarna_flow._audit.verify import PAGE_SIZE as VERIFY_PAGE
+from klarna_flow._store.payment_store import payment_id_for
+from klarna_flow._store.projections import _BATCH as REPLAY_PAGE
 
 LOG_VERSION = "v1"
 PAYMENTS = 25_000

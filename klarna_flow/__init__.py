@@ -4,11 +4,13 @@ One import path for users: every public name is re-exported here, and
 ``tests/test_public_api.py`` pins the list.
 """
 
-from klarna_flow._application import Payments
-from klarna_flow._audit import AuditEntry, AuditLog
-from klarna_flow._authorization import AuthorizationOutcome, OutcomeResult
-from klarna_flow._cipher import TokenCipher, generate_key
-from klarna_flow._clock import Clock, SystemClock
+from klarna_flow._app.authorization import AuthorizationOutcome, OutcomeResult
+from klarna_flow._app.payments import Payments
+from klarna_flow._audit.log import AuditEntry, AuditLog
+from klarna_flow._audit.verify import Finding, VerificationReport
+from klarna_flow._domain.lifecycle import Flow, PaymentState, diagram
+from klarna_flow._domain.payment import Payment
+from klarna_flow._domain.sealed import SealedSecret
 from klarna_flow._errors import (
     AuthorizationInProgress,
     AuthorizationWindowElapsed,
@@ -40,12 +42,9 @@ from klarna_flow._errors import (
     StorageError,
     WrongFlow,
 )
-from klarna_flow._lifecycle import Flow, PaymentState, diagram
-from klarna_flow._payment import Payment
-from klarna_flow._read_models import IndexRow
-from klarna_flow._sealed import SealedSecret
-from klarna_flow._verify import Finding, VerificationReport
-from klarna_flow._webhooks import NotificationOutcome, NotificationResult
+from klarna_flow._shared.clock import Clock, SystemClock
+from klarna_flow._store.cipher import TokenCipher, generate_key
+from klarna_flow._store.read_models import IndexRow
 from klarna_flow.klarna import (
     AsyncKlarnaClient,
     AuthorizationResponse,
@@ -53,6 +52,7 @@ from klarna_flow.klarna import (
     KlarnaClient,
     RetryPolicy,
 )
+from klarna_flow.klarna._webhooks import NotificationOutcome, NotificationResult
 
 __version__ = "0.1.0"
 

@@ -70,7 +70,7 @@ def store_env(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> dic
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(tmp_path / "payments.sqlite"),
         }
-    from klarna_flow._stores import postgres_env
+    from klarna_flow._store.locations import postgres_env
 
     schema = request.getfixturevalue("pg_schema")
     assert PG_URL is not None

@@ -28,8 +28,8 @@ from klarna_flow import (
     PaymentState,
     TokenCipher,
 )
-from klarna_flow import _audit as audit_module
-from klarna_flow._audit import AuditEntry, AuditLog, read_entry
+from klarna_flow._audit import log as audit_module
+from klarna_flow._audit.log import AuditEntry, AuditLog, read_entry
 from klarna_flow.testing import CompletedRequest, ManualClock
 from tests._flow_helpers import Kit, MakePayments, open_kit
 from tests.conftest import PG_URL

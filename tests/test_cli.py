@@ -30,8 +30,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from klarna_flow import Flow, Payments, PaymentState, TokenCipher, generate_key
-from klarna_flow._cli_render import progress_bar
 from klarna_flow.cli import app, main
+from klarna_flow.cli.render import progress_bar
 from klarna_flow.klarna import KlarnaClient, RetryPolicy
 from klarna_flow.testing import FakeKlarna, ManualClock, serve_fake
 

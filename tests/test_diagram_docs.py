@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from klarna_flow import diagram
-from klarna_flow._lifecycle import transition_table
+from klarna_flow._domain.lifecycle import transition_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DIAGRAM = ROOT / "docs" / "lifecycle.mmd"

@@ -19,7 +19,7 @@ from uuid import UUID
 import pytest
 
 from klarna_flow import Flow, Payments, PaymentState
-from klarna_flow._read_models import IndexRow, ReadModelStore
+from klarna_flow._store.read_models import IndexRow, ReadModelStore
 from klarna_flow.testing import ManualClock
 from tests._flow_helpers import Kit, MakePayments, event_names, open_kit
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from klarna_flow import Flow, InvalidTransition, PaymentState
-from klarna_flow._secrets import mask
+from klarna_flow._shared.secrets import mask
 from klarna_flow.testing import ManualClock, SignedNotification
 from tests._flow_helpers import Kit, MakePayments, open_kit
 

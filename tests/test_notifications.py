@@ -32,7 +32,7 @@ from klarna_flow import (
     PaymentState,
     TokenCipher,
 )
-from klarna_flow._webhooks import MAX_BODY_BYTES
+from klarna_flow.klarna._webhooks import MAX_BODY_BYTES
 from klarna_flow.testing import FakeKlarna, ManualClock, SignedNotification
 from tests._flow_helpers import AMOUNT, CURRENCY, Created, Kit, MakePayments, event_names, open_kit
 

@@ -18,7 +18,7 @@ from uuid import UUID
 import pytest
 
 from klarna_flow import Flow, Payments, PaymentState, TokenCipher
-from klarna_flow._read_models import IndexRow
+from klarna_flow._store.read_models import IndexRow
 from klarna_flow.testing import ManualClock
 from tests._flow_helpers import Kit, MakePayments, open_kit
 
@@ -143,7 +143,7 @@ def test_the_index_reads_an_event_time_wherever_it_stands_in_the_payload() -> No
     """Most events are projected from their leading timestamp; any order still works."""
     from eventsourcing.persistence import Notification
 
-    from klarna_flow._projections import project
+    from klarna_flow._store.projections import project
 
     pid = UUID(int=3)
     previous = IndexRow(pid, "AUTHORIZING", "AUTHORIZATION", 3, 1.0, 10.0, 20.0, "krn:x:y:r")
@@ -153,7 +153,7 @@ def test_the_index_reads_an_event_time_wherever_it_stands_in_the_payload() -> No
     rows = []
     for payload in (leading, trailing):
         state = bytes(32) + json.dumps(payload, separators=(",", ":")).encode()
-        topic = "klarna_flow._payment:Payment.AuthorizationDeclined"
+        topic = "klarna_flow._domain.payment:Payment.AuthorizationDeclined"
         rows.append(project(previous, Notification(pid, 4, topic, state, id=9)))
     expected = IndexRow(pid, "DECLINED", "AUTHORIZATION", 4, 1735732800.0, 10.0, 20.0, "krn:x:y:r")
     assert rows == [expected, expected]
@@ -162,10 +162,10 @@ def test_the_index_reads_an_event_time_wherever_it_stands_in_the_payload() -> No
 def test_a_bulk_rebuild_equals_following_the_log_event_by_event(tmp_path: Path) -> None:
     """The rebuild's in-memory fold gives the rows that catching up one event
     at a time gives, on a log with every path (the demo's, run twice)."""
-    from klarna_flow._audit import AuditLog
-    from klarna_flow._demo import run_demo
-    from klarna_flow._projections import PaymentIndex
-    from klarna_flow._read_models import MemoryIndex
+    from klarna_flow._audit.log import AuditLog
+    from klarna_flow._store.projections import PaymentIndex
+    from klarna_flow._store.read_models import MemoryIndex
+    from klarna_flow.cli.demo import run_demo
 
     db = tmp_path / "demo.sqlite"
     run_demo(db)
@@ -183,8 +183,8 @@ def test_a_bulk_rebuild_equals_following_the_log_event_by_event(tmp_path: Path) 
 def test_a_rebuild_keeps_the_request_lifetime_a_step_up_renewed(tmp_path: Path) -> None:
     """Step-up (a new request, a new lifetime) then completion: the rebuilt row
     keeps the renewed lifetime, as following the log event by event does."""
-    from klarna_flow._projections import PaymentIndex
-    from klarna_flow._read_models import MemoryIndex
+    from klarna_flow._store.projections import PaymentIndex
+    from klarna_flow._store.read_models import MemoryIndex
 
     clock = ManualClock()
 

@@ -91,7 +91,7 @@ def test_sqlite_rows_hold_no_api_key_and_no_token(tmp_path: Path) -> None:
 def test_postgres_rows_hold_no_api_key_and_no_token(pg_schema: str) -> None:
     import psycopg
 
-    from klarna_flow._stores import postgres_env
+    from klarna_flow._store.locations import postgres_env
 
     assert PG_URL is not None
     clock = ManualClock()

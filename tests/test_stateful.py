@@ -145,7 +145,7 @@ TABLE: dict[str, Callable[[Payment, datetime, bool], Expected]] = {
 def expected(trigger: str, payment: Payment, now: datetime, *, fitting: bool = True) -> Expected:
     """What the design's lifecycle table says ``trigger`` does to ``payment`` at ``now``.
 
-    Written from the design document, independently of ``klarna_flow._lifecycle``.
+    Written from the design document, independently of ``klarna_flow._domain.lifecycle``.
     """
     return TABLE[trigger](payment, now, fitting)
 

@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from klarna_flow import Flow, Payments, StorageError, TokenCipher
-from klarna_flow import _verify as verify_module
-from klarna_flow._audit import AuditLog
-from klarna_flow._chain import genesis, link
-from klarna_flow._verify import VerificationReport, check_records
+from klarna_flow._audit import verify as verify_module
+from klarna_flow._audit.log import AuditLog
+from klarna_flow._audit.verify import VerificationReport, check_records
+from klarna_flow._store.chain import genesis, link
 from klarna_flow.cli import app as cli
 from klarna_flow.testing import ManualClock
 from tests._flow_helpers import Kit, MakePayments, open_kit
@@ -344,7 +344,7 @@ def test_an_edited_record_on_postgres(
 ) -> None:
     import psycopg
 
-    from klarna_flow._stores import postgres_env
+    from klarna_flow._store.locations import postgres_env
 
     assert PG_URL is not None
     env = {**postgres_env(PG_URL), "POSTGRES_SCHEMA": pg_schema}
@@ -380,7 +380,7 @@ def test_a_deleted_last_event_on_postgres_is_truncated_though_no_read_model_saw_
 ) -> None:
     import psycopg
 
-    from klarna_flow._stores import postgres_env
+    from klarna_flow._store.locations import postgres_env
 
     assert PG_URL is not None
     env = {**postgres_env(PG_URL), "POSTGRES_SCHEMA": pg_schema}

@@ -16,7 +16,7 @@ from klarna_flow import (
     PaymentState,
     TokenCipher,
 )
-from klarna_flow._authorization import _expire_if_window_elapsed
+from klarna_flow._app.authorization import _expire_if_window_elapsed
 from klarna_flow.testing import ManualClock
 
 TOKEN = "krn:payment:eu1:klarna-network-session-token:window-race"

@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 import httpx
 
 from klarna_flow._errors import ConfigurationError
-from klarna_flow._secrets import MASK
+from klarna_flow._shared.secrets import MASK
 from klarna_flow.klarna._config import (
     DEFAULT_LIMITS,
     TEST_BASE_URL,

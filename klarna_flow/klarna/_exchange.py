@@ -14,8 +14,8 @@ import attrs
 import httpx
 
 from klarna_flow._errors import InvalidInput, KlarnaError
-from klarna_flow._secrets import mask
-from klarna_flow._validation import (
+from klarna_flow._shared.secrets import mask
+from klarna_flow._shared.validation import (
     check_amount,
     check_currency,
     check_idempotency_key,

@@ -30,7 +30,7 @@ from klarna_flow._errors import (
     KlarnaUnexpectedResponse,
     KlarnaValidationError,
 )
-from klarna_flow._secrets import MASK
+from klarna_flow._shared.secrets import MASK
 from klarna_flow.klarna._wire import decode_object
 
 __all__ = ["api_error", "parse_retry_after", "transport_error"]

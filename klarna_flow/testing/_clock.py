@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 from klarna_flow._errors import InvalidInput
-from klarna_flow._validation import check_aware
+from klarna_flow._shared.validation import check_aware
 
 __all__ = ["ManualClock"]
 

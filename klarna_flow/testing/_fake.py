@@ -41,9 +41,9 @@ from urllib.parse import unquote
 
 import httpx
 
-from klarna_flow._clock import Clock, SystemClock
 from klarna_flow._errors import InvalidInput
-from klarna_flow._validation import check_amount, check_currency, check_krn
+from klarna_flow._shared.clock import Clock, SystemClock
+from klarna_flow._shared.validation import check_amount, check_currency, check_krn
 from klarna_flow.testing._fake_authorize import Authorizer
 from klarna_flow.testing._fake_http import error_body, error_response, json_response
 from klarna_flow.testing._fake_notify import Signer

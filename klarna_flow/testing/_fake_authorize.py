@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from klarna_flow._clock import Clock
 from klarna_flow._errors import InvalidInput
-from klarna_flow._secrets import mask
+from klarna_flow._shared.clock import Clock
+from klarna_flow._shared.secrets import mask
 from klarna_flow.testing._fake_http import (
     AuthorizeRequest,
     error_response,

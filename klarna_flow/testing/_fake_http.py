@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 import httpx
 
-from klarna_flow._secrets import mask
-from klarna_flow._validation import ISO_4217
+from klarna_flow._shared.secrets import mask
+from klarna_flow._shared.validation import ISO_4217
 
 __all__ = [
     "MAX_BODY",

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from klarna_flow._errors import InvalidInput
-from klarna_flow._validation import check_aware
-from klarna_flow._webhooks import check_signing_keys
+from klarna_flow._shared.validation import check_aware
+from klarna_flow.klarna._webhooks import check_signing_keys
 from klarna_flow.testing._fake_records import SignedNotification
 
 __all__ = ["DEFAULT_KEY_ID", "Signer", "iso_millis"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from klarna_flow._secrets import mask
+from klarna_flow._shared.secrets import mask
 
 __all__ = [
     "FLOWS",

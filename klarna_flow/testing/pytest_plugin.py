@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from klarna_flow._application import Payments
+from klarna_flow._app.payments import Payments
 from klarna_flow.klarna import AsyncKlarnaClient, KlarnaClient, RetryPolicy
 from klarna_flow.testing._clock import ManualClock
 from klarna_flow.testing._fake import FakeKlarna

@@ -11,10 +11,10 @@ import klarna_flow.testing
 ADAPTER = Path(klarna_flow.klarna.__file__).parent
 # The adapter speaks HTTP and the error tree only: never the payment domain.
 ALLOWED_INTERNAL = {
-    "klarna_flow._clock",
+    "klarna_flow._shared.clock",
     "klarna_flow._errors",
-    "klarna_flow._secrets",
-    "klarna_flow._validation",
+    "klarna_flow._shared.secrets",
+    "klarna_flow._shared.validation",
 }
 
 

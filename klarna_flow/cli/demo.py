@@ -24,13 +24,13 @@ from uuid import UUID
 import attrs
 import httpx
 
-from klarna_flow._application import Payments
-from klarna_flow._audit import AuditEntry
-from klarna_flow._cipher import CIPHER_KEY_ENV, TokenCipher, generate_key, parse_key
-from klarna_flow._clock import SystemClock
+from klarna_flow._app.payments import Payments
+from klarna_flow._audit.log import AuditEntry
+from klarna_flow._domain.lifecycle import AUTHORIZATION_WINDOW, Flow
 from klarna_flow._errors import ConfigurationError
-from klarna_flow._lifecycle import AUTHORIZATION_WINDOW, Flow
-from klarna_flow._stores import is_postgres_url, shown, sqlite_tables
+from klarna_flow._shared.clock import SystemClock
+from klarna_flow._store.cipher import CIPHER_KEY_ENV, TokenCipher, generate_key, parse_key
+from klarna_flow._store.locations import is_postgres_url, shown, sqlite_tables
 from klarna_flow.klarna import KlarnaClient, RetryPolicy
 from klarna_flow.testing import FakeKlarna, ManualClock
 

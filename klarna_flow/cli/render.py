@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from klarna_flow._audit import AuditEntry, sealed_view
-from klarna_flow._authorization import AuthorizationOutcome
-from klarna_flow._demo import DemoResult
-from klarna_flow._payment import Payment
-from klarna_flow._projections import Progress as ProgressCallback
-from klarna_flow._verify import VerificationReport
+from klarna_flow._app.authorization import AuthorizationOutcome
+from klarna_flow._audit.log import AuditEntry, sealed_view
+from klarna_flow._audit.verify import VerificationReport
+from klarna_flow._domain.payment import Payment
+from klarna_flow._store.projections import Progress as ProgressCallback
+from klarna_flow.cli.demo import DemoResult
 
 __all__ = [
     "audit_table",

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from klarna_flow._domain.lifecycle import PaymentState, is_final
 from klarna_flow._errors import (
     CommandRefused,
     ConcurrentModification,
@@ -21,8 +22,7 @@ from klarna_flow._errors import (
     NotificationRejected,
     StorageError,
 )
-from klarna_flow._lifecycle import PaymentState, is_final
-from klarna_flow._webhooks import (
+from klarna_flow.klarna._webhooks import (
     CANCELED,
     COMPLETED,
     EXPIRED,
@@ -39,8 +39,8 @@ from klarna_flow._webhooks import (
 if TYPE_CHECKING:
     from uuid import UUID
 
-    from klarna_flow._application import Payments
-    from klarna_flow._payment import Payment
+    from klarna_flow._app.payments import Payments
+    from klarna_flow._domain.payment import Payment
 
 __all__ = ["NotificationHandler"]
 

@@ -56,7 +56,7 @@ def recorder_topic(persistence_module: str) -> str | None:
     if persistence_module == "eventsourcing.sqlite":
         return get_topic(SQLiteHeadsRecorder)
     if persistence_module == "eventsourcing.postgres":
-        return "klarna_flow._heads_postgres:PostgresHeadsRecorder"
+        return "klarna_flow._store.heads_postgres:PostgresHeadsRecorder"
     return None
 
 

@@ -46,13 +46,13 @@ from uuid import UUID
 import typer
 from typer.core import TyperGroup
 
-from klarna_flow import _cli_render as render
-from klarna_flow._application import Payments
-from klarna_flow._audit import AuditLog
-from klarna_flow._cipher import CIPHER_KEY_ENV, TokenCipher
-from klarna_flow._demo import is_postgres, key_file_for, run_demo
+from klarna_flow._app.payments import Payments
+from klarna_flow._audit.log import AuditLog
+from klarna_flow._domain.lifecycle import diagram as lifecycle_diagram
 from klarna_flow._errors import ConfigurationError, InvalidInput, KlarnaFlowError, StorageError
-from klarna_flow._lifecycle import diagram as lifecycle_diagram
+from klarna_flow._store.cipher import CIPHER_KEY_ENV, TokenCipher
+from klarna_flow.cli import render
+from klarna_flow.cli.demo import is_postgres, key_file_for, run_demo
 from klarna_flow.klarna import TEST_BASE_URL, KlarnaClient
 from klarna_flow.testing import FakeKlarna, FakeKlarnaServer, run_fake_server
 

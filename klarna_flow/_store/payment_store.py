@@ -33,9 +33,9 @@ from eventsourcing.persistence import (
 from eventsourcing.popo import POPOFactory
 from eventsourcing.utils import Environment, EnvType, strtobool
 
-from klarna_flow._chain import ChainedMapper, genesis
-from klarna_flow._cipher import TokenCipher
-from klarna_flow._clock import Clock, SystemClock
+from klarna_flow._domain.lifecycle import DEFAULT_REQUEST_LIFETIME
+from klarna_flow._domain.payment import Payment
+from klarna_flow._domain.sealed import SealedSecret
 from klarna_flow._errors import (
     ConcurrentModification,
     ConfigurationError,
@@ -43,18 +43,18 @@ from klarna_flow._errors import (
     PaymentNotFound,
     StorageError,
 )
-from klarna_flow._heads import recorder_topic
-from klarna_flow._lifecycle import DEFAULT_REQUEST_LIFETIME
-from klarna_flow._payment import Payment
-from klarna_flow._projections import PaymentIndex
-from klarna_flow._read_models import MemoryIndex, ReadModelStore, SQLIndex
-from klarna_flow._sealed import SealedSecret
-from klarna_flow._stores import postgres_env
-from klarna_flow._validation import (
+from klarna_flow._shared.clock import Clock, SystemClock
+from klarna_flow._shared.validation import (
     check_aware,
     check_krn,
     check_positive_duration,
 )
+from klarna_flow._store.chain import ChainedMapper, genesis
+from klarna_flow._store.cipher import TokenCipher
+from klarna_flow._store.heads import recorder_topic
+from klarna_flow._store.locations import postgres_env
+from klarna_flow._store.projections import PaymentIndex
+from klarna_flow._store.read_models import MemoryIndex, ReadModelStore, SQLIndex
 
 __all__ = [
     "ALLOW_PLAINTEXT_ENV",

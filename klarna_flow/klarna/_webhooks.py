@@ -22,7 +22,7 @@ from uuid import UUID
 import attrs
 
 from klarna_flow._errors import InvalidInput, InvalidSignature, MalformedNotification
-from klarna_flow._validation import check_aware
+from klarna_flow._shared.validation import check_aware
 
 __all__ = [
     "MAX_BODY_BYTES",

@@ -17,15 +17,15 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from klarna_flow._errors import InvalidTransition
-from klarna_flow._lifecycle import (
+from klarna_flow._domain.lifecycle import (
     AUTHORIZATION_WINDOW,
     Facts,
     Flow,
     PaymentState,
     decide,
 )
-from klarna_flow._sealed import SealedSecret
+from klarna_flow._domain.sealed import SealedSecret
+from klarna_flow._errors import InvalidTransition
 
 __all__ = ["EVENT_STATES", "Payment"]
 

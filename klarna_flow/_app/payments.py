@@ -1,6 +1,6 @@
 """``Payments``: the application every command goes through.
 
-Built on :class:`~klarna_flow._payment_store.PaymentStore` (persistence,
+Built on :class:`~klarna_flow._store.payment_store.PaymentStore` (persistence,
 sealing, history), it joins the domain and the Klarna client: commands check
 input, load the payment, let the domain decide and save; authorization is
 recorded before the call to Klarna; notifications, the expiry sweep, read
@@ -18,7 +18,7 @@ from uuid import UUID
 
 from eventsourcing.utils import EnvType
 
-from klarna_flow._authorization import (
+from klarna_flow._app.authorization import (
     AUTHORIZE,
     RECONCILE,
     AuthorizationOutcome,
@@ -28,8 +28,10 @@ from klarna_flow._authorization import (
     record_outcome,
     resume_intent,
 )
-from klarna_flow._cipher import TokenCipher
-from klarna_flow._clock import Clock
+from klarna_flow._app.notifications import NotificationHandler
+from klarna_flow._domain.lifecycle import DEFAULT_REQUEST_LIFETIME, Flow, PaymentState, is_final
+from klarna_flow._domain.payment import Payment
+from klarna_flow._domain.sealed import SealedSecret
 from klarna_flow._errors import (
     CommandRefused,
     ConcurrentModification,
@@ -41,19 +43,8 @@ from klarna_flow._errors import (
     PaymentNotFound,
     ReferenceConflict,
 )
-from klarna_flow._lifecycle import DEFAULT_REQUEST_LIFETIME, Flow, PaymentState, is_final
-from klarna_flow._notifications import NotificationHandler
-from klarna_flow._payment import Payment
-from klarna_flow._payment_store import (
-    PaymentStore,
-    check_payment_id,
-    payment_id_for,
-    storage_errors,
-)
-from klarna_flow._projections import Progress
-from klarna_flow._read_models import IndexRow
-from klarna_flow._sealed import SealedSecret
-from klarna_flow._validation import (
+from klarna_flow._shared.clock import Clock
+from klarna_flow._shared.validation import (
     check_amount,
     check_aware,
     check_cause,
@@ -62,8 +53,17 @@ from klarna_flow._validation import (
     check_reference,
     check_secret_krn,
 )
-from klarna_flow._webhooks import Headers, NotificationResult
+from klarna_flow._store.cipher import TokenCipher
+from klarna_flow._store.payment_store import (
+    PaymentStore,
+    check_payment_id,
+    payment_id_for,
+    storage_errors,
+)
+from klarna_flow._store.projections import Progress
+from klarna_flow._store.read_models import IndexRow
 from klarna_flow.klarna import AsyncKlarnaClient, AuthorizationResponse, KlarnaClient
+from klarna_flow.klarna._webhooks import Headers, NotificationResult
 
 __all__ = ["Payments"]
 
@@ -512,17 +512,17 @@ class Payments(PaymentStore):
             return self.index.rebuild(progress=progress)
 
     # -- audit ---------------------------------------------------------------
-    # klarna_flow._audit builds on Payments, so it is imported where it is used;
+    # klarna_flow._audit.log builds on Payments, so it is imported where it is used;
     # type checkers read it here.
     from typing import TYPE_CHECKING  # noqa: PLC0415  (this block's own import)
 
     if TYPE_CHECKING:
-        from klarna_flow import _audit  # noqa: PLC0415  (_audit imports this module)
+        from klarna_flow._audit import log as _audit  # noqa: PLC0415  (it imports this module)
     del TYPE_CHECKING
 
     def audit_log(self) -> _audit.AuditLog:
         """Audit access to this application's store (see :class:`AuditLog`)."""
-        from klarna_flow._audit import AuditLog  # noqa: PLC0415  (see above)
+        from klarna_flow._audit.log import AuditLog  # noqa: PLC0415  (see above)
 
         return AuditLog(self)
 

@@ -32,6 +32,7 @@ from uuid import UUID
 
 import attrs
 
+from klarna_flow._domain.lifecycle import PaymentState
 from klarna_flow._errors import (
     AuthorizationInProgress,
     AuthorizationWindowElapsed,
@@ -42,12 +43,11 @@ from klarna_flow._errors import (
     KlarnaRateLimited,
     KlarnaServerError,
 )
-from klarna_flow._lifecycle import PaymentState
 from klarna_flow.klarna import AuthorizationResponse, AuthorizationResult
 
 if TYPE_CHECKING:
-    from klarna_flow._application import Payments
-    from klarna_flow._payment import Payment
+    from klarna_flow._app.payments import Payments
+    from klarna_flow._domain.payment import Payment
 
 __all__ = ["AuthorizationOutcome", "Intent", "OutcomeResult"]
 

@@ -32,17 +32,16 @@ import attrs
 from eventsourcing.domain import EventSourcingError
 from eventsourcing.persistence import PersistenceError, Recording
 
-from klarna_flow._application import Payments
-from klarna_flow._chain import DIGEST_SIZE, genesis
-from klarna_flow._cipher import TokenCipher
+from klarna_flow._app.payments import Payments
+from klarna_flow._audit.verify import ChainVerifier, VerificationReport
+from klarna_flow._domain.lifecycle import PaymentState
+from klarna_flow._domain.payment import EVENT_STATES, Payment
+from klarna_flow._domain.sealed import PLAINTEXT_KEY_ID, SealedSecret
 from klarna_flow._errors import ConfigurationError, InvalidInput, PaymentNotFound, StorageError
-from klarna_flow._lifecycle import PaymentState
-from klarna_flow._payment import EVENT_STATES, Payment
-from klarna_flow._projections import Progress
-from klarna_flow._read_models import IndexRow, MemoryIndex, ReadModelStore, RowValues, as_uuid
-from klarna_flow._sealed import PLAINTEXT_KEY_ID, SealedSecret
-from klarna_flow._secrets import MASK, mask
-from klarna_flow._stores import (
+from klarna_flow._shared.secrets import MASK, mask
+from klarna_flow._store.chain import DIGEST_SIZE, genesis
+from klarna_flow._store.cipher import TokenCipher
+from klarna_flow._store.locations import (
     is_postgres_url,
     postgres_env,
     postgres_tables,
@@ -51,7 +50,8 @@ from klarna_flow._stores import (
     sqlite_env,
     sqlite_tables,
 )
-from klarna_flow._verify import ChainVerifier, VerificationReport
+from klarna_flow._store.projections import Progress
+from klarna_flow._store.read_models import IndexRow, MemoryIndex, ReadModelStore, RowValues, as_uuid
 
 __all__ = ["AuditEntry", "AuditLog", "TextOut", "VerificationReport", "read_entry"]
 

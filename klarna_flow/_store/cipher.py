@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from klarna_flow._domain.sealed import PLAINTEXT_KEY_ID, SealedSecret
 from klarna_flow._errors import ConfigurationError
-from klarna_flow._sealed import PLAINTEXT_KEY_ID, SealedSecret
 
 __all__ = [
     "CIPHER_KEY_ENV",

@@ -1,7 +1,7 @@
 """Verifying the hash chain of stored events: tamper evidence with no key.
 
 Each stored record is ``digest || payload`` with ``digest = link(previous
-digest, payment id, version, topic, payload)`` (see :mod:`klarna_flow._chain`).
+digest, payment id, version, topic, payload)`` (see :mod:`klarna_flow._store.chain`).
 Verification recomputes every link over the bytes as stored, never decoding an
 event, and names the first payment and version that does not check out:
 
@@ -20,7 +20,7 @@ problem        what was found
 =============  ================================================================
 
 The chain uses no secret, so it shows edits made by anyone who did not also
-recompute every later digest; the chain heads (see :mod:`klarna_flow._heads`)
+recompute every later digest; the chain heads (see :mod:`klarna_flow._store.heads`)
 catch a deleted tail without relying on any read model having caught up.
 """
 
@@ -34,11 +34,11 @@ from uuid import UUID
 import attrs
 from eventsourcing.persistence import ApplicationRecorder
 
-from klarna_flow._chain import DIGEST_SIZE, link, split
 from klarna_flow._errors import PaymentNotFound
-from klarna_flow._heads import HeadsRecorder, known_heads
-from klarna_flow._projections import Progress
-from klarna_flow._read_models import ReadModelStore, as_uuid
+from klarna_flow._store.chain import DIGEST_SIZE, link, split
+from klarna_flow._store.heads import HeadsRecorder, known_heads
+from klarna_flow._store.projections import Progress
+from klarna_flow._store.read_models import ReadModelStore, as_uuid
 
 __all__ = ["PROBLEMS", "ChainVerifier", "Finding", "VerificationReport"]
 

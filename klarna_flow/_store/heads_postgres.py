@@ -1,4 +1,4 @@
-"""Chain heads on PostgreSQL (see :mod:`klarna_flow._heads`); needs the postgres extra."""
+"""Chain heads on PostgreSQL (see :mod:`klarna_flow._store.heads`); needs the postgres extra."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
-from klarna_flow._heads import last_versions
+from klarna_flow._store.heads import last_versions
 
 __all__ = ["PostgresHeadsRecorder"]
 

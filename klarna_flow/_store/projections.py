@@ -5,7 +5,7 @@ per payment (state, flow, deadlines, version), from which the expiry sweep,
 reconcile and the state counts are answered without scanning payments. It
 reads each stored record's payload as JSON directly: the row needs a handful
 of fields, and skipping full event decoding keeps replays close to the raw
-read rate. Updates are tracked (see :mod:`klarna_flow._read_models`), so each
+read rate. Updates are tracked (see :mod:`klarna_flow._store.read_models`), so each
 event is applied exactly once, whichever worker applies it.
 """
 
@@ -19,10 +19,10 @@ from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
-from klarna_flow._chain import DIGEST_SIZE
-from klarna_flow._lifecycle import AUTHORIZATION_WINDOW
-from klarna_flow._payment import EVENT_STATES
-from klarna_flow._read_models import IndexRow, ReadModelStore, RowValues, SQLIndex, as_uuid
+from klarna_flow._domain.lifecycle import AUTHORIZATION_WINDOW
+from klarna_flow._domain.payment import EVENT_STATES
+from klarna_flow._store.chain import DIGEST_SIZE
+from klarna_flow._store.read_models import IndexRow, ReadModelStore, RowValues, SQLIndex, as_uuid
 
 __all__ = ["PaymentIndex"]
 
