@@ -59,7 +59,7 @@ def _payment(app: Payments, n: int) -> Payment:
         now=now,
     )
     payment.complete(
-        session_token=app.seal(payment_id, "session_token", TOKEN.format(n)),
+        session_token=app._store.seal(payment_id, "session_token", TOKEN.format(n)),
         customer_token=None,
         completed_at=now,
         now=now,
@@ -85,8 +85,8 @@ def build_log() -> Path:
     app = Payments.sqlite(partial, cipher=TokenCipher.ephemeral())
     try:
         for start in range(0, PAYMENTS, SAVE_BATCH):
-            app.save(*(_payment(app, n) for n in range(start, start + SAVE_BATCH)))
-        assert app.recorder.max_notification_id() == EVENTS
+            app._store.save(*(_payment(app, n) for n in range(start, start + SAVE_BATCH)))
+        assert app._store.recorder.max_notification_id() == EVENTS
     finally:
         app.close()
     for suffix in ("-wal", "-shm"):
@@ -96,7 +96,7 @@ def build_log() -> Path:
 
 
 def _raw_read(log: AuditLog, page: int) -> int:
-    recorder = log.payments.recorder
+    recorder = log._store.recorder
     start, read = 1, 0
     while notifications := recorder.select_notifications(start=start, limit=page):
         read += len(notifications)
@@ -120,11 +120,9 @@ def bench_replay() -> str:
     path = build_log()
     with AuditLog.open(path) as log:
         assert _raw_read(log, REPLAY_PAGE) == EVENTS
-        assert log.payments.rebuild_read_models() == EVENTS
-        raw, replay = _alternating(
-            lambda: _raw_read(log, REPLAY_PAGE), log.payments.rebuild_read_models
-        )
-        assert log.payments.counts_by_state() == {"AUTHORIZED": PAYMENTS}
+        assert log.rebuild_read_models() == EVENTS
+        raw, replay = _alternating(lambda: _raw_read(log, REPLAY_PAGE), log.rebuild_read_models)
+        assert log.counts_by_state() == {"AUTHORIZED": PAYMENTS}
     return report(
         "replay",
         raw / replay,
@@ -136,7 +134,7 @@ def bench_replay() -> str:
 def bench_verify() -> str:
     path = build_log()
     with AuditLog.open(path) as log:
-        log.payments.counts_by_state()  # the index is caught up (its versions are compared)
+        log.counts_by_state()  # the index is caught up (its versions are compared)
         report_ = log.verify()
         assert report_.ok, report_.findings
         assert report_.events_checked == EVENTS

@@ -141,7 +141,7 @@ def _four_event_payment(payments: Payments) -> UUID:
     payments.complete(pid, session_token=SESSION_TOKEN)
     payment = payments.get(pid)
     payment.request_authorization(idempotency_key=str(uuid4()), now=payments.now())
-    payments.save_payment(payment)
+    payments._store.save_payment(payment)
     payment = payments.get(pid)
     payment.approve(
         payment_transaction_id="krn:payment:eu1:transaction:bench",
@@ -150,7 +150,7 @@ def _four_event_payment(payments: Payments) -> UUID:
         now=payments.now(),
         cause="command:test",
     )
-    payments.save_payment(payment)
+    payments._store.save_payment(payment)
     return pid
 
 

@@ -101,7 +101,9 @@ def test_pay_and_tokenize_is_authorized_and_keeps_the_customer_token(kit: Kit, v
     assert payment.state is S.AUTHORIZED
     assert payment.customer_token is not None
     assert done.customer_token not in repr(payment.customer_token)  # sealed at rest
-    opened = kit.payments.unseal(created.payment_id, "customer_token", payment.customer_token)
+    opened = kit.payments._store.unseal(
+        created.payment_id, "customer_token", payment.customer_token
+    )
     assert opened == done.customer_token
 
 
@@ -119,9 +121,9 @@ def test_pure_tokenization_completes_and_is_never_sent_to_klarna(kit: Kit, via: 
     assert payment.state is S.COMPLETED
     assert kit.names(created.payment_id) == events_before == ["PaymentCreated", "PurchaseCompleted"]
     assert payment.customer_token is not None
-    assert kit.payments.unseal(created.payment_id, "customer_token", payment.customer_token) == (
-        done.customer_token
-    )
+    assert kit.payments._store.unseal(
+        created.payment_id, "customer_token", payment.customer_token
+    ) == (done.customer_token)
 
 
 @pytest.mark.parametrize("via", VIAS)

@@ -24,7 +24,7 @@ def _requested(payments: Payments, reference: str) -> None:
     payments.complete(payment_id, session_token=TOKEN)
     payment = payments.get(payment_id)
     payment.request_authorization(idempotency_key="key-1", now=payments.now())
-    payments.save_payment(payment)
+    payments._store.save_payment(payment)
 
 
 @pytest.mark.parametrize("outcome", ["fail", "require_step_up"])
@@ -47,7 +47,7 @@ def test_a_payment_whose_authorization_was_requested_cannot_be_canceled(
             now=payments.now(),
             cause="t",
         )
-    payments.save_payment(payment)
+    payments._store.save_payment(payment)
     before = payments.get(payment.id).version
 
     with pytest.raises(InvalidTransition, match="authorization was requested"):

@@ -155,12 +155,12 @@ def _completed(payments: Payments, token: str) -> UUID:
 
 def test_tokens_are_stored_sealed(payments: Payments, session_token: str) -> None:
     pid = _completed(payments, session_token)
-    for record in payments.recorder.select_events(pid):
+    for record in payments._store.recorder.select_events(pid):
         assert session_token.encode() not in record.state
     sealed = payments.get(pid).session_token
     assert sealed is not None
     assert sealed.key_id == payments.cipher.current_key_id
-    assert payments.unseal(pid, "session_token", sealed) == session_token
+    assert payments._store.unseal(pid, "session_token", sealed) == session_token
 
 
 def test_a_sealed_token_cannot_be_moved_to_another_payment(
@@ -170,9 +170,9 @@ def test_a_sealed_token_cannot_be_moved_to_another_payment(
     sealed = payments.get(pid).session_token
     assert sealed is not None
     with pytest.raises(ConfigurationError):
-        payments.unseal(UUID(int=pid.int ^ 1), "session_token", sealed)
+        payments._store.unseal(UUID(int=pid.int ^ 1), "session_token", sealed)
     with pytest.raises(ConfigurationError):
-        payments.unseal(pid, "customer_token", sealed)
+        payments._store.unseal(pid, "customer_token", sealed)
 
 
 def test_the_sqlite_file_holds_no_token(
@@ -216,7 +216,7 @@ def test_a_rotated_key_still_opens_old_tokens(
         sealed = after.get(pid).session_token
         assert sealed is not None
         assert sealed.key_id == TokenCipher(old).current_key_id
-        assert after.unseal(pid, "session_token", sealed) == session_token
+        assert after._store.unseal(pid, "session_token", sealed) == session_token
     finally:
         after.close()
 
@@ -242,9 +242,9 @@ def _link(previous: bytes, payment_id: UUID, version: int, topic: str, payload: 
 
 def broken_links(payments: Payments, payment_id: UUID) -> list[int]:
     """Versions whose stored digest does not follow from the record before."""
-    previous = _genesis(payments.name)
+    previous = _genesis(payments._store.name)
     broken = []
-    for record in payments.recorder.select_events(payment_id):
+    for record in payments._store.recorder.select_events(payment_id):
         digest, payload = record.state[:DIGEST_SIZE], record.state[DIGEST_SIZE:]
         expected = _link(previous, payment_id, record.originator_version, record.topic, payload)
         if digest != expected:
@@ -257,7 +257,7 @@ def _full_history(payments: Payments, session_token: str) -> UUID:
     pid = _completed(payments, session_token)
     payment = payments.get(pid)
     payment.request_authorization(idempotency_key="key-1", now=payments.now())
-    payments.save_payment(payment)
+    payments._store.save_payment(payment)
     payment = payments.get(pid)
     payment.approve(
         payment_transaction_id="krn:payment:eu1:transaction:1",
@@ -266,7 +266,7 @@ def _full_history(payments: Payments, session_token: str) -> UUID:
         now=payments.now(),
         cause="command:test",
     )
-    payments.save_payment(payment)
+    payments._store.save_payment(payment)
     return pid
 
 
@@ -274,7 +274,7 @@ def test_every_stored_event_is_chained_to_the_one_before(
     payments: Payments, session_token: str
 ) -> None:
     pid = _full_history(payments, session_token)
-    records = payments.recorder.select_events(pid)
+    records = payments._store.recorder.select_events(pid)
     assert [r.originator_version for r in records] == [1, 2, 3, 4]
     assert broken_links(payments, pid) == []
     assert payments.get(pid).state is PaymentState.AUTHORIZED
@@ -284,7 +284,7 @@ def test_the_chain_starts_at_a_genesis_of_the_application(
     payments: Payments, session_token: str
 ) -> None:
     pid = _completed(payments, session_token)
-    first = payments.recorder.select_events(pid)[0]
+    first = payments._store.recorder.select_events(pid)[0]
     payload = first.state[DIGEST_SIZE:]
     assert first.state[:DIGEST_SIZE] == _link(_genesis("Payments"), pid, 1, first.topic, payload)
 
@@ -293,7 +293,7 @@ def test_an_altered_record_no_longer_matches_its_digest(
     payments: Payments, session_token: str
 ) -> None:
     pid = _full_history(payments, session_token)
-    first = payments.recorder.select_events(pid)[0]
+    first = payments._store.recorder.select_events(pid)[0]
     digest, payload = first.state[:DIGEST_SIZE], first.state[DIGEST_SIZE:]
     altered = payload.replace(b"NOK", b"SEK")
     assert altered != payload
@@ -311,7 +311,7 @@ def test_the_chain_continues_across_application_instances(
     second = make_payments()
     payment = second.get(pid)
     payment.cancel(now=second.now())
-    second.save_payment(payment)
+    second._store.save_payment(payment)
     assert broken_links(second, pid) == []
 
 
@@ -322,14 +322,14 @@ def test_a_refused_concurrent_save_leaves_the_chain_intact(
     winner, loser = payments.get(pid), payments.get(pid)
     for payment in (winner, loser):
         payment.complete(
-            session_token=payments.seal(pid, "session_token", session_token),
+            session_token=payments._store.seal(pid, "session_token", session_token),
             customer_token=None,
             completed_at=payments.now(),
             now=payments.now(),
         )
-    payments.save_payment(winner)
+    payments._store.save_payment(winner)
     with pytest.raises(ConcurrentModification):
-        payments.save_payment(loser)
+        payments._store.save_payment(loser)
     winner.request_authorization(idempotency_key="key-1", now=payments.now())
-    payments.save_payment(winner)
+    payments._store.save_payment(winner)
     assert broken_links(payments, pid) == []

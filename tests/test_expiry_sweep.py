@@ -190,8 +190,8 @@ class RecordingStore:
 
 
 def recording(payments: Payments) -> RecordingStore:
-    store = RecordingStore(payments.index.store)
-    payments.index.store = cast(ReadModelStore, store)
+    store = RecordingStore(payments._store.index.store)
+    payments._store.index.store = cast(ReadModelStore, store)
     return store
 
 
@@ -242,10 +242,10 @@ def test_workers_catching_up_at_once_apply_each_event_exactly_once(
 
     # The applied ranges chain from 0 to the last notification: no overlap, no gap.
     ranges = sorted(r for record in records for r in record.applied)
-    last = kit.payments.recorder.max_notification_id()
+    last = kit.payments._store.recorder.max_notification_id()
     assert ranges[0][0] == 0
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
-    assert ranges[-1][1] == last == kit.payments.index.store.position()
+    assert ranges[-1][1] == last == kit.payments._store.index.store.position()
 
     # Same rows as a replay from scratch, and each row at its payment's last version.
     rows = kit.payments.read_model()

@@ -96,7 +96,7 @@ class Driver:
             return self.payments.cancel(payment_id)
         payment = self.payments.get(payment_id)
         DOMAIN_COMMANDS[trigger](payment, self.payments)
-        self.payments.save_payment(payment)
+        self.payments._store.save_payment(payment)
         return self.payments.get(payment_id)
 
     def reach(self, state: PaymentState, flow: Flow = Flow.AUTHORIZATION) -> UUID:
@@ -222,7 +222,7 @@ def refuse_in_domain(
         with pytest.raises(error) as info:
             DOMAIN_COMMANDS[trigger](payment, driver.payments)
         assert payment.collect_events() == []
-        driver.payments.save_payment(payment)
+        driver.payments._store.save_payment(payment)
     assert info.value.command == trigger
     assert_no_secret(info.value, driver.session_token, driver.customer_token)
     return info.value
@@ -276,7 +276,7 @@ def test_complete_with_fitting_tokens(driver: Driver, flow: Flow) -> None:
     if flow.authorizes:
         assert loaded.session_token is not None
         sealed = loaded.session_token
-        assert driver.payments.unseal(pid, "session_token", sealed) == driver.session_token
+        assert driver.payments._store.unseal(pid, "session_token", sealed) == driver.session_token
         assert loaded.authorize_by == driver.clock.now() + WINDOW
     else:
         assert loaded.authorize_by is None
@@ -311,7 +311,7 @@ def test_request_authorization_fixes_the_key_before_any_call(driver: Driver, flo
     payment = driver.payments.get(pid)
     payment.request_authorization(idempotency_key="key-1", now=driver.payments.now())
     assert payment.state is S.AUTHORIZING
-    driver.payments.save_payment(payment)
+    driver.payments._store.save_payment(payment)
     loaded = driver.payments.get(pid)
     assert loaded == payment
     assert loaded.state is S.AUTHORIZING

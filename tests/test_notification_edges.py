@@ -123,7 +123,7 @@ def test_deeply_nested_signed_json_is_answered_400(kit: Kit, where: str) -> None
 
     assert (result.status_code, result.outcome) == (400, "rejected")
     assert "nested" in result.detail
-    assert p.notifications.counts["rejected"] == 1
+    assert p.notification_counts["rejected"] == 1
 
 
 def test_the_repr_of_a_signed_notification_masks_every_token(kit: Kit) -> None:

@@ -15,7 +15,7 @@ import hmac
 import json
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -94,9 +94,9 @@ def test_completed_records_the_completion_caused_by_the_notification(kit: Kit) -
     assert isinstance(completed, Payment.PurchaseCompleted)
     assert completed.cause == f"notification:{done.notification.event_id}"
     assert payment.session_token is not None
-    assert kit.payments.unseal(created.payment_id, "session_token", payment.session_token) == (
-        done.session_token
-    )
+    assert kit.payments._store.unseal(
+        created.payment_id, "session_token", payment.session_token
+    ) == (done.session_token)
 
 
 @pytest.mark.parametrize("where", ["payload", "state_context"])
@@ -110,9 +110,9 @@ def test_the_older_token_name_and_nested_state_context_are_understood(kit: Kit, 
     assert answer(result) == (200, "applied")
     payment = kit.payments.get(created.payment_id)
     assert payment.session_token is not None
-    assert kit.payments.unseal(created.payment_id, "session_token", payment.session_token) == (
-        LATE_TOKEN
-    )
+    assert kit.payments._store.unseal(
+        created.payment_id, "session_token", payment.session_token
+    ) == (LATE_TOKEN)
 
 
 @pytest.mark.parametrize("completed_first", [False, True], ids=["created", "completed"])
@@ -160,7 +160,7 @@ def test_a_duplicate_event_id_is_acknowledged_and_records_nothing(kit: Kit) -> N
     assert kit.names(created.payment_id) == events
     kit.payments.authorize(created.payment_id)
     assert answer(deliver(kit, done.notification)) == (200, "duplicate")
-    assert kit.payments.notifications.counts["duplicate"] == 2
+    assert kit.payments.notification_counts["duplicate"] == 2
 
 
 def test_completed_after_expired_is_ignored(kit: Kit) -> None:
@@ -273,30 +273,32 @@ def test_the_same_notification_delivered_twice_at_once_is_applied_once(kit: Kit)
     assert kit.names(created.payment_id) == ["PaymentCreated", "PurchaseCompleted"]
 
 
-class PausingPayments(Payments):
-    """Payments whose ``get`` pauses one chosen thread after its first load."""
+class PausingClock:
+    """A clock that pauses one chosen thread the first time it asks the time.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    Applying a notification loads the payment, then asks the time to record:
+    the chosen thread stops between its load and its save.
+    """
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
         self.paused: threading.Thread | None = None
         self.loaded = threading.Event()
         self.resume = threading.Event()
 
-    def get(self, payment_id: UUID) -> Payment:
-        payment = super().get(payment_id)
+    def now(self) -> datetime:
         if threading.current_thread() is self.paused and not self.loaded.is_set():
             self.loaded.set()
             self.resume.wait(timeout=30)
-        return payment
+        return self.clock.now()
 
 
 def test_a_duplicate_that_loses_the_race_is_answered_as_a_duplicate(
     store_env: dict[str, str], clock: ManualClock, cipher: TokenCipher
 ) -> None:
     fake = FakeKlarna(clock=clock)
-    payments = PausingPayments(
-        store_env, clock=clock, cipher=cipher, signing_keys=fake.signing_keys
-    )
+    pausing = PausingClock(clock)
+    payments = Payments(store_env, clock=pausing, cipher=cipher, signing_keys=fake.signing_keys)
     try:
         request_id = fake.create_payment_request(amount=AMOUNT, currency=CURRENCY)
         payment_id = payments.create(
@@ -312,18 +314,18 @@ def test_a_duplicate_that_loses_the_race_is_answered_as_a_duplicate(
         slow = threading.Thread(
             target=lambda: late.append(payments.handle_notification(body, headers))
         )
-        payments.paused = slow
+        pausing.paused = slow
         slow.start()
-        assert payments.loaded.wait(timeout=30)  # it saw the payment CREATED
+        assert pausing.loaded.wait(timeout=30)  # it saw the payment CREATED
         first = payments.handle_notification(body, headers)
-        payments.resume.set()
+        pausing.resume.set()
         slow.join(timeout=30)
 
         assert answer(first) == (200, "applied")
         assert event_names(payments, payment_id) == ["PaymentCreated", "PurchaseCompleted"]
         assert answer(late[0]) == (200, "duplicate")
     finally:
-        payments.resume.set()
+        pausing.resume.set()
         payments.close()
 
 
@@ -342,7 +344,7 @@ def test_an_unknown_event_type_is_acknowledged_and_counted(kit: Kit, event_type:
 
     assert answer(result) == (200, "unknown_type")
     assert result.event_type == event_type
-    assert kit.payments.notifications.counts["unknown_type"] == 1
+    assert kit.payments.notification_counts["unknown_type"] == 1
     assert kit.names(created.payment_id) == ["PaymentCreated"]
 
 
@@ -412,7 +414,7 @@ def test_a_bad_signature_is_rejected_and_records_nothing(kit: Kit, tampering: st
     assert answer(result) == (400, "rejected")
     assert not result.acknowledged
     assert kit.names(created.payment_id) == ["PaymentCreated"]
-    assert kit.payments.notifications.counts["rejected"] == 1
+    assert kit.payments.notification_counts["rejected"] == 1
     # The genuine notification still applies afterwards.
     assert answer(deliver(kit, done.notification)) == (200, "applied")
 
@@ -543,7 +545,7 @@ def test_counts_add_up(kit: Kit) -> None:
     kit.payments.handle_notification(b"{}", {})
     deliver(kit, kit.fake.notification("payment.request.state-change.submitted", {}))
 
-    assert dict(kit.payments.notifications.counts) == {
+    assert dict(kit.payments.notification_counts) == {
         "applied": 1,
         "duplicate": 1,
         "rejected": 1,
@@ -628,7 +630,7 @@ def test_headers_that_are_neither_a_mapping_nor_pairs_are_refused(kit: Kit, name
 
     assert refused.value.field == "headers"
     assert "abc" not in str(refused.value)
-    assert sum(kit.payments.notifications.counts.values()) == 0
+    assert sum(kit.payments.notification_counts.values()) == 0
 
 
 # -- signing keys --------------------------------------------------------------------

@@ -49,7 +49,7 @@ def create(payments: Payments, **overrides: Any) -> UUID:
 
 def recorded(payments: Payments) -> int:
     """How many events the application has recorded, over all payments."""
-    return payments.recorder.max_notification_id() or 0
+    return payments._store.recorder.max_notification_id() or 0
 
 
 def events(payments: Payments, payment_id: UUID) -> list[Payment.Event]:
@@ -491,7 +491,7 @@ def test_cancel_is_refused_once_authorization_was_requested(
     payments.complete(pid, session_token=session_token)
     payment = payments.get(pid)
     payment.request_authorization(idempotency_key="key-1", now=payments.now())
-    payments.save_payment(payment)
+    payments._store.save_payment(payment)
     with pytest.raises(InvalidTransition) as info:
         payments.cancel(pid)
     assert info.value.state == "AUTHORIZING"
@@ -594,13 +594,13 @@ def test_a_stale_copy_cannot_overwrite_a_newer_event(
     pid = create(payments)
     mine, theirs = payments.get(pid), payments.get(pid)
     mine.cancel(now=payments.now())
-    payments.save_payment(mine)
-    sealed = payments.seal(pid, "session_token", session_token)
+    payments._store.save_payment(mine)
+    sealed = payments._store.seal(pid, "session_token", session_token)
     theirs.complete(
         session_token=sealed, customer_token=None, completed_at=payments.now(), now=payments.now()
     )
     with pytest.raises(ConcurrentModification) as info:
-        payments.save_payment(theirs)
+        payments._store.save_payment(theirs)
     assert not isinstance(info.value, CommandRefused)  # a lost race is not a refusal
     assert info.value.payment_id == pid
     assert [type(e).__name__ for e in events(payments, pid)] == [
@@ -622,13 +622,13 @@ def test_every_recorded_time_comes_from_the_clock(
     times.append(clock.advance(timedelta(minutes=1, microseconds=7)))
     payment = payments.get(pid)
     payment.request_authorization(idempotency_key="key-1", now=payments.now())
-    payments.save_payment(payment)
+    payments._store.save_payment(payment)
     times.append(clock.advance(timedelta(seconds=2)))
     payment = payments.get(pid)
     payment.fail(
         error="timeout", status_code=None, correlation_id=None, now=payments.now(), cause="t"
     )
-    payments.save_payment(payment)
+    payments._store.save_payment(payment)
     times.append(clock.advance(timedelta(minutes=60)))
     payments.expire(pid)
 

@@ -47,13 +47,13 @@ def test_four_processes_race_through_200_payments(pg_schema: str) -> None:
         authorize_calls = [r for r in fake.requests if r.url.path.endswith("/authorize")]
         assert len(authorize_calls) == 200
         # No event is missing from the notification log: 4 events per payment.
-        notifications = payments.recorder.select_notifications(start=1, limit=10_000)
+        notifications = payments._store.recorder.select_notifications(start=1, limit=10_000)
         per_payment = Counter(n.originator_id for n in notifications)
         assert set(per_payment) == set(ids)
         assert set(per_payment.values()) == {4}
         # The read model saw every event exactly once.
         assert payments.counts_by_state() == {"AUTHORIZED": 200}
-        assert payments.index.store.position() == notifications[-1].id
+        assert payments._store.index.store.position() == notifications[-1].id
         # And the hash chain of every payment checks out.
         report = payments.verify()
         assert report.ok, report

@@ -114,3 +114,43 @@ def test_testing_exports_the_manual_clock() -> None:
 def test_version_is_a_string() -> None:
     assert isinstance(klarna_flow.__version__, str)
     assert klarna_flow.__version__
+
+
+PAYMENTS_SURFACE = {
+    # construction and configuration
+    "sqlite", "postgres", "open", "clock", "partner_account_id", "request_lifetime",
+    "cipher", "is_durable", "klarna", "async_klarna", "now", "close",
+    # commands
+    "create", "identify_payment_request", "complete", "expire", "cancel",
+    "authorize", "authorize_async", "reconcile", "reconcile_async", "expire_overdue",
+    "handle_notification", "handle_notification_async",
+    # queries
+    "get", "state_at", "stored_events", "outcome", "unresolved", "find_by_payment_request",
+    "read_model", "counts_by_state", "rebuild_read_models", "notification_counts",
+    "audit_log", "audit_trail", "export_audit", "verify",
+}  # fmt: skip
+
+
+def test_payments_composes_its_store_and_shows_only_its_own_surface() -> None:
+    from eventsourcing.application import Application
+
+    payments = klarna_flow.Payments()
+    public = {name for name in dir(payments) if not name.startswith("_")}
+
+    assert not isinstance(payments, Application)
+    assert public == PAYMENTS_SURFACE
+    assert len(public) <= 45
+    eventsourcing_names = {name for name in dir(Application) if not name.startswith("_")}
+    assert public & eventsourcing_names == {"close"}  # a name any resource has, not theirs
+    payments.close()
+
+
+def test_the_audit_log_shows_no_command() -> None:
+    payments = klarna_flow.Payments()
+    public = {name for name in dir(payments.audit_log()) if not name.startswith("_")}
+
+    assert public == {
+        "open", "trail", "export", "verify", "state_at", "get", "read_model",
+        "counts_by_state", "rebuild_read_models", "close",
+    }  # fmt: skip
+    payments.close()

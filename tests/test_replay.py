@@ -93,7 +93,7 @@ def test_rebuilt_read_models_equal_the_live_ones(kit: Kit) -> None:
     p = kit.payments
     live = p.read_model()
     live_counts = p.counts_by_state()
-    live_due = p.index.store.due(kit.clock.now().timestamp() + 86400)
+    live_due = p._store.index.store.due(kit.clock.now().timestamp() + 86400)
     assert {r.state for r in live} == {s.value for s in PaymentState}  # every state is there
 
     replayed = p.rebuild_read_models()
@@ -101,7 +101,7 @@ def test_rebuilt_read_models_equal_the_live_ones(kit: Kit) -> None:
     assert replayed > len(ids)
     assert p.read_model() == live
     assert p.counts_by_state() == live_counts
-    assert sorted(p.index.store.due(kit.clock.now().timestamp() + 86400)) == sorted(live_due)
+    assert sorted(p._store.index.store.due(kit.clock.now().timestamp() + 86400)) == sorted(live_due)
     for row in live:
         assert summary(row) == expected_row(p, row.payment_id)
     assert len(live) == len(set(ids.values()))
@@ -120,7 +120,7 @@ def test_a_replay_counts_and_reports_progress(kit: Kit) -> None:
     assert replayed == events
     assert calls
     assert calls[-1][0] == calls[-1][1]
-    assert p.index.catch_up() == 0  # nothing is applied twice
+    assert p._store.index.catch_up() == 0  # nothing is applied twice
     assert p.rebuild_read_models() == events  # and a second replay is the same
 
 
@@ -171,10 +171,9 @@ def test_a_bulk_rebuild_equals_following_the_log_event_by_event(tmp_path: Path) 
     run_demo(db)
     run_demo(db)
     with AuditLog.open(db) as log:
-        payments = log.payments
-        assert payments.rebuild_read_models() == payments.recorder.max_notification_id()
-        rebuilt = payments.read_model()
-        stepwise = PaymentIndex(payments.recorder, MemoryIndex())
+        assert log.rebuild_read_models() == log._store.recorder.max_notification_id()
+        rebuilt = log.read_model()
+        stepwise = PaymentIndex(log._store.recorder, MemoryIndex())
         stepwise.catch_up()
         assert rebuilt == stepwise.store.all_rows()
         assert {row.state for row in rebuilt} >= {"AUTHORIZED", "DECLINED", "EXPIRED"}
@@ -205,8 +204,8 @@ def test_a_rebuild_keeps_the_request_lifetime_a_step_up_renewed(tmp_path: Path) 
         p.complete(payment_id, session_token=done.session_token)
 
         live = p.read_model()
-        assert p.rebuild_read_models() == p.recorder.max_notification_id()
-        stepwise = PaymentIndex(p.recorder, MemoryIndex())
+        assert p.rebuild_read_models() == p._store.recorder.max_notification_id()
+        stepwise = PaymentIndex(p._store.recorder, MemoryIndex())
         stepwise.catch_up()
         assert p.read_model() == live == stepwise.store.all_rows()
         assert live[0].request_expires_at == (clock.now() + timedelta(hours=3)).timestamp()

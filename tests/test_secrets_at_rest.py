@@ -170,8 +170,8 @@ def test_events_sealed_under_key_1_stay_readable_after_key_2(tmp_path: Path) -> 
     assert new.session_token is not None
     assert old.session_token.key_id == TokenCipher(key1).current_key_id
     assert new.session_token.key_id == TokenCipher(key2).current_key_id
-    assert second.unseal(old_id, "session_token", old.session_token) == token
-    assert second.unseal(new_id, "session_token", new.session_token) == token
+    assert second._store.unseal(old_id, "session_token", old.session_token) == token
+    assert second._store.unseal(new_id, "session_token", new.session_token) == token
     second.close()
 
     # Without the old key, the old token cannot be opened: a clear error.
@@ -179,7 +179,7 @@ def test_events_sealed_under_key_1_stay_readable_after_key_2(tmp_path: Path) -> 
     sealed = third.get(old_id).session_token
     assert sealed is not None
     with pytest.raises(ConfigurationError, match="no cipher key"):
-        third.unseal(old_id, "session_token", sealed)
+        third._store.unseal(old_id, "session_token", sealed)
     third.close()
 
 
@@ -192,4 +192,4 @@ def test_sealed_token_is_bound_to_its_payment(tmp_path: Path) -> None:
     assert sealed is not None
     assert "bound" not in repr(sealed)
     with pytest.raises(ConfigurationError, match="does not authenticate"):
-        payments.unseal(b, "session_token", sealed)
+        payments._store.unseal(b, "session_token", sealed)

@@ -183,7 +183,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     # -- helpers ----------------------------------------------------------------
 
     def recorded(self) -> int:
-        return self.payments.recorder.max_notification_id() or 0
+        return self.payments._store.recorder.max_notification_id() or 0
 
     def attempt(self, trigger: str, pid: UUID, run: Callable[[], Payment], want: Expected) -> None:
         """Run a command and hold it to what the table says."""
@@ -218,7 +218,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             except CommandRefused:
                 assert payment.collect_events() == []
                 raise
-            self.payments.save_payment(payment)
+            self.payments._store.save_payment(payment)
             return payment
 
         self.attempt(trigger, pid, run, want)

@@ -42,11 +42,11 @@ def test_a_late_expiry_that_loses_to_a_request_reports_authorization_in_progress
     clock.advance(timedelta(minutes=59))
     current = early.get(payment_id)
     current.request_authorization(idempotency_key="k-1", now=early.now())
-    early.save_payment(current)  # the other worker got in first
+    early._store.save_payment(current)  # the other worker got in first
     clock.advance(timedelta(minutes=2))
 
     with pytest.raises(AuthorizationInProgress):
-        _expire_if_window_elapsed(late, stale, late.now())
+        _expire_if_window_elapsed(late._ledger, stale, late.now())
 
     assert late.get(payment_id).state is PaymentState.AUTHORIZING
 
@@ -62,7 +62,7 @@ def test_a_late_expiry_that_loses_to_another_expiry_reports_the_state_found(
     early.expire(payment_id)
 
     with pytest.raises(AuthorizationWindowElapsed, match="EXPIRED") as caught:
-        _expire_if_window_elapsed(late, stale, late.now())
+        _expire_if_window_elapsed(late._ledger, stale, late.now())
 
     assert caught.value.state == "EXPIRED"
     assert len(list(late.stored_events(payment_id))) == 3  # nothing recorded twice

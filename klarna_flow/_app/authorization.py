@@ -32,6 +32,7 @@ from uuid import UUID
 
 import attrs
 
+from klarna_flow._app.ports import AuthorizationLedger
 from klarna_flow._domain.lifecycle import PaymentState
 from klarna_flow._errors import (
     AuthorizationInProgress,
@@ -46,7 +47,6 @@ from klarna_flow._errors import (
 from klarna_flow.klarna import AuthorizationResponse, AuthorizationResult
 
 if TYPE_CHECKING:
-    from klarna_flow._app.payments import Payments
     from klarna_flow._domain.payment import Payment
 
 __all__ = ["AuthorizationOutcome", "Intent", "OutcomeResult"]
@@ -120,7 +120,7 @@ class Intent:
         }
 
 
-def record_intent(app: Payments, payment_id: UUID) -> Intent:
+def record_intent(ledger: AuthorizationLedger, payment_id: UUID) -> Intent:
     """Check the guards and record ``AuthorizationRequested``; no I/O to Klarna.
 
     Raises:
@@ -128,8 +128,8 @@ def record_intent(app: Payments, payment_id: UUID) -> Intent:
         AuthorizationInProgress: another worker requested authorization first.
         AuthorizationWindowElapsed: too late; ``PaymentExpired`` was recorded.
     """
-    payment = app.get(payment_id)
-    now = app.now()
+    payment = ledger.get(payment_id)
+    now = ledger.now()
     if payment.state is PaymentState.AUTHORIZING:
         raise AuthorizationInProgress(
             f"authorization of payment {payment_id} is already in progress",
@@ -137,20 +137,20 @@ def record_intent(app: Payments, payment_id: UUID) -> Intent:
             command="request_authorization",
             state=payment.state.value,
         )
-    _expire_if_window_elapsed(app, payment, now)
-    account = payment.partner_account_id or app.partner_account_id
+    _expire_if_window_elapsed(ledger, payment, now)
+    account = payment.partner_account_id or ledger.partner_account_id
     if not account:
         msg = f"payment {payment_id} has no partner account and Payments has no default"
         raise ConfigurationError(msg)
     token = None
     if payment.session_token is not None:  # opened first: a missing key records nothing
-        token = app.unseal(payment_id, "session_token", payment.session_token)
+        token = ledger.unseal(payment_id, "session_token", payment.session_token)
     key = idempotency_key(payment_id, payment.authorization_attempts + 1)
     payment.request_authorization(idempotency_key=key, now=now)
     try:
-        app.save_payment(payment)
+        ledger.save(payment)
     except ConcurrentModification as e:
-        raise _lost_race(app, payment) from e
+        raise _lost_race(ledger, payment) from e
     assert token is not None  # the guard requires a session token
     return Intent(
         payment_id=payment_id,
@@ -164,9 +164,9 @@ def record_intent(app: Payments, payment_id: UUID) -> Intent:
     )
 
 
-def _lost_race(app: Payments, payment: Payment) -> ConcurrentModification:
+def _lost_race(ledger: AuthorizationLedger, payment: Payment) -> ConcurrentModification:
     """The error for a request that another writer beat: it names the state found."""
-    found = app.get(payment.id)
+    found = ledger.get(payment.id)
     if found.authorization_attempts >= payment.authorization_attempts:
         return AuthorizationInProgress(
             f"another worker requested authorization of payment {payment.id} first "
@@ -184,7 +184,7 @@ def _lost_race(app: Payments, payment: Payment) -> ConcurrentModification:
     )
 
 
-def _expire_if_window_elapsed(app: Payments, payment: Payment, now: datetime) -> None:
+def _expire_if_window_elapsed(ledger: AuthorizationLedger, payment: Payment, now: datetime) -> None:
     authorize_by = payment.authorize_by
     if payment.state is not PaymentState.COMPLETED or authorize_by is None:
         return
@@ -192,11 +192,11 @@ def _expire_if_window_elapsed(app: Payments, payment: Payment, now: datetime) ->
         return
     payment.expire(now=now, reason="AUTHORIZATION_WINDOW", cause="command:authorize")
     try:
-        app.save_payment(payment)
+        ledger.save(payment)
         state = PaymentState.EXPIRED
     except ConcurrentModification:
         # Another writer changed it first: say what it did, not what we meant to.
-        state = app.get(payment.id).state
+        state = ledger.get(payment.id).state
         if state is PaymentState.AUTHORIZING:
             raise AuthorizationInProgress(
                 f"another worker requested authorization of payment {payment.id} first",
@@ -213,14 +213,14 @@ def _expire_if_window_elapsed(app: Payments, payment: Payment, now: datetime) ->
     )
 
 
-def resume_intent(app: Payments, payment: Payment) -> Intent:
+def resume_intent(ledger: AuthorizationLedger, payment: Payment) -> Intent:
     """The recorded intent of a payment left ``AUTHORIZING`` (for reconcile)."""
     assert payment.session_token is not None
     assert payment.idempotency_key is not None
     return Intent(
         payment_id=payment.id,
-        partner_account_id=payment.partner_account_id or app.partner_account_id or "",
-        session_token=app.unseal(payment.id, "session_token", payment.session_token),
+        partner_account_id=payment.partner_account_id or ledger.partner_account_id or "",
+        session_token=ledger.unseal(payment.id, "session_token", payment.session_token),
         currency=payment.currency,
         amount=payment.amount,
         reference=payment.reference,
@@ -256,7 +256,7 @@ def is_settled_refusal(error: KlarnaError) -> bool:
 
 
 def record_outcome(
-    app: Payments,
+    ledger: AuthorizationLedger,
     intent: Intent,
     response: AuthorizationResponse | None,
     error: KlarnaError | None,
@@ -264,34 +264,34 @@ def record_outcome(
     cause: str,
 ) -> AuthorizationOutcome:
     """Record what Klarna answered (or the failure) on the payment."""
-    payment = intent.payment if intent.payment is not None else app.get(intent.payment_id)
+    payment = intent.payment if intent.payment is not None else ledger.get(intent.payment_id)
     for _ in range(3):
         if payment.state is not PaymentState.AUTHORIZING or (
             payment.idempotency_key != intent.idempotency_key
         ):
             return outcome_of(payment, error)  # someone else recorded it already
         was_unresolved = payment.is_unresolved
-        _apply(app, payment, response, error, cause=cause)
+        _apply(ledger, payment, response, error, cause=cause)
         try:
-            app.save_payment(payment)
+            ledger.save(payment)
         except ConcurrentModification:
-            payment = app.get(intent.payment_id)  # someone else wrote: look again
+            payment = ledger.get(intent.payment_id)  # someone else wrote: look again
             continue
         if payment.is_unresolved and not was_unresolved:
             _log_unresolved(payment)
         return outcome_of(payment, error)
-    return outcome_of(app.get(intent.payment_id), error)
+    return outcome_of(ledger.get(intent.payment_id), error)
 
 
 def _apply(
-    app: Payments,
+    ledger: AuthorizationLedger,
     payment: Payment,
     response: AuthorizationResponse | None,
     error: KlarnaError | None,
     *,
     cause: str,
 ) -> None:
-    now = app.now()
+    now = ledger.now()
     if response is None:
         assert error is not None
         if not is_ambiguous(error, resent=cause == RECONCILE):
@@ -321,7 +321,7 @@ def _apply(
             correlation_id=response.correlation_id,
             payment_request_id=step_up.payment_request_id if step_up else None,
             payment_request_url=step_up.payment_request_url if step_up else None,
-            request_lifetime=app.request_lifetime,
+            request_lifetime=ledger.request_lifetime,
             now=now,
             cause=cause,
         )

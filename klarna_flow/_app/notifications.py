@@ -39,7 +39,7 @@ from klarna_flow.klarna._webhooks import (
 if TYPE_CHECKING:
     from uuid import UUID
 
-    from klarna_flow._app.payments import Payments
+    from klarna_flow._app.ports import NotificationLedger
     from klarna_flow._domain.payment import Payment
 
 __all__ = ["NotificationHandler"]
@@ -53,8 +53,8 @@ class NotificationHandler:
             non-empty bytes or str (str keys are used as their UTF-8 bytes).
     """
 
-    def __init__(self, app: Payments, signing_keys: Mapping[str, bytes | str]) -> None:
-        self.app = app
+    def __init__(self, ledger: NotificationLedger, signing_keys: Mapping[str, bytes | str]) -> None:
+        self.ledger = ledger
         self.signing_keys = check_signing_keys(signing_keys)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -89,7 +89,8 @@ class NotificationHandler:
             return self._count(_result(envelope, 503, NotificationOutcome.ERROR, None, str(e)))
 
     def _apply(self, envelope: Envelope) -> NotificationResult:
-        payment_id = self.app.find_by_payment_request(envelope.payment_request_id)
+        request_id = envelope.payment_request_id
+        payment_id = self.ledger.find_by_payment_request(request_id) if request_id else None
         if payment_id is None:
             return _result(
                 envelope,
@@ -100,7 +101,7 @@ class NotificationHandler:
             )
         for _ in range(3):
             try:
-                return self._apply_to(envelope, self.app.get(payment_id))
+                return self._apply_to(envelope, self.ledger.get(payment_id))
             except ConcurrentModification:
                 continue  # another writer got there first: look again
         return _result(
@@ -140,27 +141,27 @@ class NotificationHandler:
         return _result(envelope, 200, NotificationOutcome.APPLIED, payment.id, "")
 
     def _command(self, envelope: Envelope, payment: Payment, cause: str) -> bool:
-        app = self.app
+        ledger = self.ledger
         if envelope.event_type == COMPLETED:
             if payment.state is not PaymentState.CREATED:
                 return False  # a late or repeated completion never moves back
-            app.complete_loaded(
+            ledger.complete(
                 payment,
                 session_token=envelope.token("klarna_network_session_token", "payment_token"),
                 customer_token=envelope.token("customer_token"),
                 # Klarna's clock may run ahead of ours: never record a future time.
-                completed_at=min(envelope.occurred_at, app.now()),
+                completed_at=min(envelope.occurred_at, ledger.now()),
                 payment_request_id=envelope.payment_request_id,
                 cause=cause,
             )
         elif envelope.event_type == EXPIRED:
             payment.expire(
-                now=app.now(), reason="KLARNA_REPORTED", reported_by_klarna=True, cause=cause
+                now=ledger.now(), reason="KLARNA_REPORTED", reported_by_klarna=True, cause=cause
             )
-            app.save_payment(payment)
+            ledger.save(payment)
         elif envelope.event_type == CANCELED:
-            payment.cancel(now=app.now(), cause=cause)
-            app.save_payment(payment)
+            payment.cancel(now=ledger.now(), cause=cause)
+            ledger.save(payment)
         return True
 
 

@@ -1,80 +1,76 @@
 """``Payments``: the application every command goes through.
 
-Built on :class:`~klarna_flow._store.payment_store.PaymentStore` (persistence,
-sealing, history), it joins the domain and the Klarna client: commands check
-input, load the payment, let the domain decide and save; authorization is
-recorded before the call to Klarna; notifications, the expiry sweep, read
-models and audit trails are reached from here.
+It composes the private :class:`~klarna_flow._store.payment_store.PaymentStore`
+(an eventsourcing application users never reach) and a
+:class:`~klarna_flow._app.ledger.Ledger` over it, and joins the domain and the
+Klarna clients: commands check input, load the payment, let the domain decide
+and save; authorization is recorded before the call to Klarna; notifications,
+the expiry sweep, read models and audit trails are reached from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import TypeVar
+from types import TracebackType
+from typing import Any, Self
 from uuid import UUID
 
 from eventsourcing.utils import EnvType
 
-from klarna_flow._app.authorization import (
-    AUTHORIZE,
-    RECONCILE,
-    AuthorizationOutcome,
-    Intent,
-    outcome_of,
-    record_intent,
-    record_outcome,
-    resume_intent,
+from klarna_flow._app import authorizer
+from klarna_flow._app.authorization import AuthorizationOutcome, Intent, outcome_of
+from klarna_flow._app.checks import (
+    check_flow,
+    check_same_terms,
+    check_type,
+    usable,
 )
+from klarna_flow._app.ledger import Ledger, check_completion
 from klarna_flow._app.notifications import NotificationHandler
-from klarna_flow._domain.lifecycle import DEFAULT_REQUEST_LIFETIME, Flow, PaymentState, is_final
+from klarna_flow._audit.log import AuditEntry, AuditLog, TextOut, VerificationReport
+from klarna_flow._domain.lifecycle import (
+    DEFAULT_REQUEST_LIFETIME,
+    Flow,
+    PaymentState,
+    is_final,
+    parse_state,
+)
 from klarna_flow._domain.payment import Payment
-from klarna_flow._domain.sealed import SealedSecret
 from klarna_flow._errors import (
     CommandRefused,
     ConcurrentModification,
     ConfigurationError,
     InvalidInput,
     InvalidTransition,
-    KlarnaError,
-    KlarnaFlowError,
     PaymentNotFound,
-    ReferenceConflict,
 )
-from klarna_flow._shared.clock import Clock
+from klarna_flow._shared.clock import Clock, SystemClock
 from klarna_flow._shared.validation import (
     check_amount,
     check_aware,
     check_cause,
     check_currency,
     check_krn,
+    check_positive_duration,
     check_reference,
-    check_secret_krn,
 )
 from klarna_flow._store.cipher import TokenCipher
-from klarna_flow._store.payment_store import (
-    PaymentStore,
-    check_payment_id,
-    payment_id_for,
-    storage_errors,
-)
+from klarna_flow._store.locations import is_postgres_url, postgres_env, sqlite_env
+from klarna_flow._store.payment_store import PaymentStore, check_payment_id, payment_id_for
 from klarna_flow._store.projections import Progress
 from klarna_flow._store.read_models import IndexRow
-from klarna_flow.klarna import AsyncKlarnaClient, AuthorizationResponse, KlarnaClient
-from klarna_flow.klarna._webhooks import Headers, NotificationResult
+from klarna_flow.klarna import AsyncKlarnaClient, KlarnaClient
+from klarna_flow.klarna._webhooks import Headers, NotificationResult, check_signing_keys
 
 __all__ = ["Payments"]
 
-logger = logging.getLogger("klarna_flow")
 
-_CLOCK_SKEW = timedelta(minutes=5)
-
-
-class Payments(PaymentStore):
+class Payments:
     """Klarna payments as event-sourced aggregates: commands, authorization,
-    notifications, expiry, read models and audit (storage: :class:`PaymentStore`).
+    notifications, expiry, read models and audit.
 
     Args:
         env: eventsourcing's environment (``PERSISTENCE_MODULE``,
@@ -98,8 +94,6 @@ class Payments(PaymentStore):
         StorageError: the store cannot be opened.
     """
 
-    name = "Payments"
-
     def __init__(
         self,
         env: EnvType | None = None,
@@ -113,17 +107,97 @@ class Payments(PaymentStore):
         async_klarna: AsyncKlarnaClient | None = None,
         signing_keys: Mapping[str, bytes | str] | None = None,
     ) -> None:
-        super().__init__(
-            env,
-            clock=clock,
-            partner_account_id=partner_account_id,
-            cipher=cipher,
-            allow_plaintext=allow_plaintext,
-            request_lifetime=request_lifetime,
-        )
-        self.klarna = _check_type(klarna, KlarnaClient, "klarna")
-        self.async_klarna = _check_type(async_klarna, AsyncKlarnaClient, "async_klarna")
-        self.notifications = NotificationHandler(self, {} if signing_keys is None else signing_keys)
+        clock = clock if clock is not None else SystemClock()
+        if not callable(getattr(clock, "now", None)):
+            raise InvalidInput("clock", "must have a now() method")
+        if partner_account_id is not None:
+            check_krn(partner_account_id, "partner_account_id")
+        check_positive_duration(request_lifetime, "request_lifetime")
+        self.klarna = check_type(klarna, KlarnaClient, "klarna")
+        self.async_klarna = check_type(async_klarna, AsyncKlarnaClient, "async_klarna")
+        keys = check_signing_keys({} if signing_keys is None else signing_keys)
+        # Everything is checked before the store is opened: a refused
+        # configuration creates nothing.
+        self._store = PaymentStore(env, cipher=cipher, allow_plaintext=allow_plaintext)
+        self._ledger = Ledger(self._store, clock, partner_account_id, request_lifetime)
+        self._notifications = NotificationHandler(self._ledger, keys)
+
+    # -- construction -----------------------------------------------------------
+
+    @classmethod
+    def sqlite(cls, path: str | os.PathLike[str], **kwargs: Any) -> Self:
+        """A ``Payments`` on an SQLite file (created if missing)."""
+        env = sqlite_env(os.fspath(path))
+        env.update(kwargs.pop("env", None) or {})
+        return cls(env, **kwargs)
+
+    @classmethod
+    def postgres(cls, url: str, **kwargs: Any) -> Self:
+        """A ``Payments`` on PostgreSQL, from ``postgresql://user:pw@host:port/db``."""
+        env = postgres_env(url)
+        env.update(kwargs.pop("env", None) or {})
+        return cls(env, **kwargs)
+
+    @classmethod
+    def open(cls, db: str | os.PathLike[str], **kwargs: Any) -> Self:
+        """A PostgreSQL URL or an SQLite path, whichever ``db`` is."""
+        text = os.fspath(db)
+        if is_postgres_url(text):
+            return cls.postgres(text, **kwargs)
+        return cls.sqlite(text, **kwargs)
+
+    @property
+    def clock(self) -> Clock:
+        """Where every recorded time comes from."""
+        return self._ledger.clock
+
+    @property
+    def partner_account_id(self) -> str | None:
+        """The default Klarna partner account of ``create``."""
+        return self._ledger.partner_account_id
+
+    @property
+    def request_lifetime(self) -> timedelta:
+        """How long a payment request lives when Klarna does not say."""
+        return self._ledger.request_lifetime
+
+    @property
+    def cipher(self) -> TokenCipher:
+        """The cipher sealing tokens at rest (``current_key_id`` names its key)."""
+        return self._store.cipher
+
+    @property
+    def is_durable(self) -> bool:
+        """False for the in-memory store, True for SQLite and PostgreSQL."""
+        return self._store.is_durable
+
+    @property
+    def notification_counts(self) -> Mapping[str, int]:
+        """How many notifications ended in each outcome (unknown types included)."""
+        return dict(self._notifications.counts)
+
+    def now(self) -> datetime:
+        """The clock's current time (checked to be timezone-aware)."""
+        return self._ledger.now()
+
+    def close(self) -> None:
+        """Close the store's connections (the Klarna clients are the caller's)."""
+        self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        kind = "durable" if self.is_durable else "in-memory"
+        return f"Payments({kind}, partner_account_id={self.partner_account_id!r})"
 
     # -- commands ----------------------------------------------------------
 
@@ -146,7 +220,7 @@ class Payments(PaymentStore):
             InvalidInput: a bad argument (nothing recorded).
             ReferenceConflict: the reference is taken by different terms.
         """
-        flow = _check_flow(flow)
+        flow = check_flow(flow)
         check_amount(amount)
         check_currency(currency)
         check_reference(reference)
@@ -169,10 +243,10 @@ class Payments(PaymentStore):
             now=self.now(),
         )
         try:
-            self.save_payment(payment)  # the store's uniqueness decides: no read first
+            self._ledger.save(payment)  # the store's uniqueness decides: no read first
         except ConcurrentModification:
             existing = self.get(payment_id)
-            _check_same_terms(existing, terms, payment_request_id)
+            check_same_terms(existing, terms, payment_request_id)
             if payment_request_id is not None and existing.payment_request_id is None:
                 # The same payment, now with Klarna's request id: keep it, or
                 # notifications could never find the payment.
@@ -204,7 +278,7 @@ class Payments(PaymentStore):
                 state=payment.state.value,
             )
         payment.identify_payment_request(payment_request_id, now=self.now(), cause=cause)
-        self.save_payment(payment)
+        self._ledger.save(payment)
         return payment
 
     def complete(
@@ -225,11 +299,11 @@ class Payments(PaymentStore):
             InvalidTransition: the payment is not ``CREATED``.
         """
         payment_id = check_payment_id(payment_id)
-        _check_completion(session_token, customer_token, payment_request_id)
+        check_completion(session_token, customer_token, payment_request_id)
         check_cause(cause)
         if completed_at is not None:
             check_aware(completed_at, "completed_at")
-        return self.complete_loaded(
+        return self._ledger.complete(
             self.get(payment_id),
             session_token=session_token,
             customer_token=customer_token,
@@ -237,42 +311,6 @@ class Payments(PaymentStore):
             payment_request_id=payment_request_id,
             cause=cause,
         )
-
-    def complete_loaded(
-        self,
-        payment: Payment,
-        *,
-        session_token: str | None,
-        customer_token: str | None,
-        completed_at: datetime | None,
-        payment_request_id: str | None,
-        cause: str,
-    ) -> Payment:
-        """:meth:`complete` on a payment already loaded (saved only if unchanged since).
-
-        Raises:
-            ConcurrentModification: the payment changed after it was loaded.
-        """
-        _check_completion(session_token, customer_token, payment_request_id)
-        check_cause(cause)
-        now = self.now()
-        when = now if completed_at is None else check_aware(completed_at, "completed_at")
-        if when > now + _CLOCK_SKEW:
-            raise InvalidInput("completed_at", "lies in the future")
-        payment_id = payment.id
-        payment.complete(
-            session_token=self._maybe_seal(payment_id, "session_token", session_token),
-            customer_token=self._maybe_seal(payment_id, "customer_token", customer_token),
-            completed_at=when,
-            now=now,
-            payment_request_id=payment_request_id,
-            cause=cause,
-        )
-        self.save_payment(payment)
-        return payment
-
-    def _maybe_seal(self, payment_id: UUID, field: str, token: str | None) -> SealedSecret | None:
-        return None if token is None else self.seal(payment_id, field, token)
 
     def expire(self, payment_id: UUID, *, cause: str = "command:expire") -> Payment:
         """Record that the payment's time ran out.
@@ -289,7 +327,7 @@ class Payments(PaymentStore):
             "REQUEST_LIFETIME" if payment.state is PaymentState.CREATED else "AUTHORIZATION_WINDOW"
         )
         payment.expire(now=self.now(), reason=reason, cause=cause)
-        self.save_payment(payment)
+        self._ledger.save(payment)
         return payment
 
     def cancel(self, payment_id: UUID, *, cause: str = "command:cancel") -> Payment:
@@ -301,7 +339,7 @@ class Payments(PaymentStore):
         check_cause(cause)
         payment = self.get(payment_id)
         payment.cancel(now=self.now(), cause=cause)
-        self.save_payment(payment)
+        self._ledger.save(payment)
         return payment
 
     # -- authorization --------------------------------------------------------
@@ -326,83 +364,44 @@ class Payments(PaymentStore):
             AuthorizationInProgress: another worker requested it first.
             ConfigurationError: no Klarna client was given.
         """
-        client = self._client()
-        intent = record_intent(self, payment_id)
-        return self._send(client, intent, cause=AUTHORIZE)
+        return authorizer.authorize(self._ledger, self._client(), payment_id)
 
     def _client(self) -> KlarnaClient:
         """The client, checked able to send before anything is recorded."""
         if self.klarna is None:
             msg = "Payments was constructed without klarna=KlarnaClient(...)"
             raise ConfigurationError(msg)
-        return _usable(self.klarna)
+        return usable(self.klarna)
 
     def _async_client(self) -> AsyncKlarnaClient:
         if self.async_klarna is None:
             msg = "Payments was constructed without async_klarna=AsyncKlarnaClient(...)"
             raise ConfigurationError(msg)
-        return _usable(self.async_klarna)
-
-    def _send(self, client: KlarnaClient, intent: Intent, *, cause: str) -> AuthorizationOutcome:
-        response: AuthorizationResponse | None = None
-        error: KlarnaError | None = None
-        try:
-            response = client.authorize(**intent.request())
-        except KlarnaError as e:
-            error = e
-        return record_outcome(self, intent, response, error, cause=cause)
+        return usable(self.async_klarna)
 
     def reconcile(
         self, *, older_than: timedelta = timedelta(minutes=5)
     ) -> list[AuthorizationOutcome]:
         """Resolve payments left ``AUTHORIZING`` for longer than ``older_than``.
 
-        Each is re-sent with its recorded idempotency key, so Klarna answers
-        with its original result and never creates a second transaction. A
-        payment that cannot be re-sent (its token's key is not configured, a
-        store failure) is logged and skipped; the others go on.
+        Each is re-sent with its recorded idempotency key and session token,
+        so Klarna answers with its original result and never creates a second
+        transaction. A re-send is never booked as failed: a refusal that
+        re-sending cannot change marks the payment unresolved (see
+        :meth:`unresolved`). A payment that cannot be re-sent (its token's key
+        is not configured, a store failure) is logged and skipped; the others
+        go on.
         """
         client = self._client()
-        outcomes = []
-        for intent in self._stale_intents(older_than):
-            try:
-                outcomes.append(self._send(client, intent, cause=RECONCILE))
-            except KlarnaFlowError as e:
-                _skipped(intent.payment_id, e)
-        return outcomes
+        return authorizer.reconcile(self._ledger, client, self._stale_intents(older_than))
 
     def _stale_intents(self, older_than: timedelta) -> list[Intent]:
-        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
-            raise InvalidInput("older_than", "must be a non-negative timedelta")
-        cutoff = (self.now() - older_than).timestamp()
-        intents = []
-        for row in self.read_model("AUTHORIZING"):
-            if row.since > cutoff:
-                continue
-            try:
-                payment = self.get(row.payment_id)
-                if payment.state is PaymentState.AUTHORIZING:
-                    intents.append(resume_intent(self, payment))
-            except KlarnaFlowError as e:
-                _skipped(row.payment_id, e)
-        return intents
+        authorizing = self._store.read_model(PaymentState.AUTHORIZING)
+        return authorizer.stale_intents(self._ledger, authorizing, older_than)
 
     async def authorize_async(self, payment_id: UUID) -> AuthorizationOutcome:
         """:meth:`authorize` with ``AsyncKlarnaClient``; storage runs in a thread."""
-        client = self._async_client()
-        intent = await asyncio.to_thread(record_intent, self, payment_id)
-        return await self._send_async(client, intent, cause=AUTHORIZE)
-
-    async def _send_async(
-        self, client: AsyncKlarnaClient, intent: Intent, *, cause: str
-    ) -> AuthorizationOutcome:
-        response: AuthorizationResponse | None = None
-        error: KlarnaError | None = None
-        try:
-            response = await client.authorize(**intent.request())
-        except KlarnaError as e:
-            error = e
-        return await asyncio.to_thread(record_outcome, self, intent, response, error, cause=cause)
+        return await authorizer.authorize_async(self._ledger, self._async_client(), payment_id)
 
     async def reconcile_async(
         self, *, older_than: timedelta = timedelta(minutes=5)
@@ -410,16 +409,7 @@ class Payments(PaymentStore):
         """:meth:`reconcile` with ``AsyncKlarnaClient``, calls sent concurrently."""
         client = self._async_client()
         intents = await asyncio.to_thread(self._stale_intents, older_than)
-
-        async def resend(intent: Intent) -> AuthorizationOutcome | None:
-            try:
-                return await self._send_async(client, intent, cause=RECONCILE)
-            except KlarnaFlowError as e:
-                _skipped(intent.payment_id, e)
-                return None
-
-        outcomes = await asyncio.gather(*(resend(i) for i in intents))
-        return [o for o in outcomes if o is not None]
+        return await authorizer.reconcile_async(self._ledger, client, intents)
 
     def outcome(self, payment_id: UUID) -> AuthorizationOutcome | None:
         """The outcome of the payment's last authorization attempt, as recorded now.
@@ -439,7 +429,7 @@ class Payments(PaymentStore):
         answer). Found through the payment index, then checked on the payment.
         """
         rows = []
-        for row in self.read_model(PaymentState.AUTHORIZING):
+        for row in self._store.read_model(PaymentState.AUTHORIZING):
             try:
                 if self.get(row.payment_id).is_unresolved:
                     rows.append(row)
@@ -455,10 +445,7 @@ class Payments(PaymentStore):
         Reads the payment index (open payments by deadline), not every payment.
         """
         expired = []
-        with storage_errors():
-            self.index.catch_up()
-            due = self.index.store.due(self.now().timestamp())
-        for payment_id in due:
+        for payment_id in self._store.due(self.now()):
             try:
                 self.expire(payment_id, cause="command:expire_overdue")
             except (CommandRefused, ConcurrentModification):
@@ -476,7 +463,7 @@ class Payments(PaymentStore):
         """
         if not isinstance(body, bytes):
             raise InvalidInput("body", "must be the raw request body as bytes")
-        return self.notifications.handle(body, headers)
+        return self._notifications.handle(body, headers)
 
     async def handle_notification_async(self, body: bytes, headers: Headers) -> NotificationResult:
         """:meth:`handle_notification` with storage off the event loop."""
@@ -486,47 +473,67 @@ class Payments(PaymentStore):
         """The payment that holds Klarna's ``payment_request_id``, if any."""
         if not payment_request_id:
             return None
-        with storage_errors():
-            self.index.catch_up()
-            return self.index.store.by_payment_request(payment_request_id)
+        return self._store.find_by_payment_request(payment_request_id)
 
-    # -- read models ----------------------------------------------------------
+    # -- history and read models ----------------------------------------------
+
+    def get(self, payment_id: UUID) -> Payment:
+        """The payment as it stands now.
+
+        Raises:
+            InvalidInput: ``payment_id`` is not a UUID.
+            PaymentNotFound: no payment with this id.
+            StorageError: the store failed.
+        """
+        return self._store.get(payment_id)
+
+    def state_at(
+        self,
+        payment_id: UUID,
+        *,
+        version: int | None = None,
+        at: datetime | None = None,
+    ) -> Payment:
+        """The payment rebuilt from its stored events up to ``version`` or ``at``.
+
+        Raises:
+            InvalidInput: neither or both given, a bad version, a naive ``at``.
+            PaymentNotFound: no such payment, or it did not exist yet at ``at``.
+        """
+        return self._store.state_at(payment_id, version=version, at=at)
+
+    def stored_events(self, payment_id: UUID) -> Iterator[Payment.Event]:
+        """The payment's events, decoded, in order.
+
+        Raises:
+            InvalidInput: ``payment_id`` is not a UUID.
+            PaymentNotFound: no event is stored for this id.
+        """
+        return self._store.stored_events(payment_id)
 
     def read_model(self, state: PaymentState | str | None = None) -> list[IndexRow]:
-        """Index rows (all, or those in ``state``), caught up first."""
-        with storage_errors():
-            self.index.catch_up()
-            if state is None:
-                return self.index.store.all_rows()
-            return self.index.store.in_state(_check_state(state).value)
+        """Index rows (all, or those in ``state``), caught up first.
+
+        Raises:
+            InvalidInput: ``state`` is not a :class:`PaymentState` (or its name).
+        """
+        return self._store.read_model(None if state is None else parse_state(state))
 
     def counts_by_state(self) -> dict[str, int]:
         """How many payments are in each state (from the read model)."""
-        with storage_errors():
-            self.index.catch_up()
-            return self.index.store.counts()
+        return self._store.counts_by_state()
 
     def rebuild_read_models(self, *, progress: Progress | None = None) -> int:
         """Drop the read models and rebuild them from the notification log."""
-        with storage_errors():
-            return self.index.rebuild(progress=progress)
+        return self._store.rebuild_read_models(progress=progress)
 
     # -- audit ---------------------------------------------------------------
-    # klarna_flow._audit.log builds on Payments, so it is imported where it is used;
-    # type checkers read it here.
-    from typing import TYPE_CHECKING  # noqa: PLC0415  (this block's own import)
 
-    if TYPE_CHECKING:
-        from klarna_flow._audit import log as _audit  # noqa: PLC0415  (it imports this module)
-    del TYPE_CHECKING
-
-    def audit_log(self) -> _audit.AuditLog:
+    def audit_log(self) -> AuditLog:
         """Audit access to this application's store (see :class:`AuditLog`)."""
-        from klarna_flow._audit.log import AuditLog  # noqa: PLC0415  (see above)
+        return AuditLog(self._store)
 
-        return AuditLog(self)
-
-    def audit_trail(self, payment_id: UUID) -> list[_audit.AuditEntry]:
+    def audit_trail(self, payment_id: UUID) -> list[AuditEntry]:
         """Every event of the payment, oldest first: time, event, states, cause, details.
 
         Read from the stored records alone (no key needed); secrets are masked.
@@ -538,7 +545,7 @@ class Payments(PaymentStore):
 
     def export_audit(
         self,
-        out: _audit.TextOut,
+        out: TextOut,
         payment_id: UUID | None = None,
         *,
         progress: Progress | None = None,
@@ -548,7 +555,7 @@ class Payments(PaymentStore):
 
     def verify(
         self, payment_id: UUID | None = None, *, progress: Progress | None = None
-    ) -> _audit.VerificationReport:
+    ) -> VerificationReport:
         """Check the stored records' hash chain (one payment, or the whole log).
 
         Returns:
@@ -557,74 +564,3 @@ class Payments(PaymentStore):
             there is none.
         """
         return self.audit_log().verify(payment_id, progress=progress)
-
-
-def _skipped(payment_id: UUID, error: KlarnaFlowError) -> None:
-    logger.warning("reconcile skipped payment %s: %s: %s", payment_id, type(error).__name__, error)
-
-
-def _check_completion(
-    session_token: str | None, customer_token: str | None, payment_request_id: str | None
-) -> None:
-    if session_token is not None:
-        check_secret_krn(session_token, "session_token")
-    if customer_token is not None:
-        check_secret_krn(customer_token, "customer_token")
-    if payment_request_id is not None:
-        check_krn(payment_request_id, "payment_request_id")
-
-
-_Typed = TypeVar("_Typed")
-
-
-def _check_type(value: _Typed | None, kind: type[_Typed], field: str) -> _Typed | None:
-    if value is not None and not isinstance(value, kind):
-        raise InvalidInput(field, f"must be a {kind.__name__}, not {type(value).__name__}")
-    return value
-
-
-_Client = TypeVar("_Client", KlarnaClient, AsyncKlarnaClient)
-
-
-def _usable(client: _Client) -> _Client:
-    if client.is_closed:
-        msg = f"the {type(client).__name__} given to Payments is closed; nothing was recorded"
-        raise ConfigurationError(msg)
-    return client
-
-
-def _check_state(state: object) -> PaymentState:
-    try:
-        return PaymentState(str(state))
-    except ValueError:
-        names = ", ".join(s.value for s in PaymentState)
-        raise InvalidInput("state", f"must be one of {names}") from None
-
-
-def _check_flow(flow: object) -> Flow:
-    try:
-        return Flow(str(flow)) if isinstance(flow, str) else Flow(flow)  # type: ignore[arg-type]
-    except ValueError:
-        names = ", ".join(f.value for f in Flow)
-        raise InvalidInput("flow", f"must be one of {names}") from None
-
-
-def _check_same_terms(
-    existing: Payment, terms: tuple[Flow, int, str, str], payment_request_id: str | None
-) -> None:
-    if (
-        existing.flow,
-        existing.amount,
-        existing.currency,
-        existing.partner_account_id,
-    ) != terms or (
-        payment_request_id is not None
-        and existing.payment_request_id not in (None, payment_request_id)
-    ):
-        raise ReferenceConflict(
-            f"reference {existing.reference!r} is already used by payment "
-            f"{existing.id} with different terms",
-            payment_id=existing.id,
-            command="create",
-            state=existing.state.value,
-        )

@@ -32,9 +32,8 @@ import attrs
 from eventsourcing.domain import EventSourcingError
 from eventsourcing.persistence import PersistenceError, Recording
 
-from klarna_flow._app.payments import Payments
 from klarna_flow._audit.verify import ChainVerifier, VerificationReport
-from klarna_flow._domain.lifecycle import PaymentState
+from klarna_flow._domain.lifecycle import PaymentState, parse_state
 from klarna_flow._domain.payment import EVENT_STATES, Payment
 from klarna_flow._domain.sealed import PLAINTEXT_KEY_ID, SealedSecret
 from klarna_flow._errors import ConfigurationError, InvalidInput, PaymentNotFound, StorageError
@@ -50,6 +49,7 @@ from klarna_flow._store.locations import (
     sqlite_env,
     sqlite_tables,
 )
+from klarna_flow._store.payment_store import PaymentStore
 from klarna_flow._store.projections import Progress
 from klarna_flow._store.read_models import IndexRow, MemoryIndex, ReadModelStore, RowValues, as_uuid
 
@@ -212,28 +212,31 @@ def entries(records: Iterable[tuple[UUID, int, str, bytes]]) -> Iterator[AuditEn
 
 
 class AuditLog:
-    """What an auditor reads: trails, a JSON Lines export, and chain verification.
+    """What an auditor reads: trails, a JSON Lines export, chain verification,
+    past states and the read models. It records nothing and needs no key.
 
-    Args:
-        payments: the application whose store is read. Nothing is decoded
-            with its cipher and nothing is written through it.
-
-    ``AuditLog.open(db)`` gives the same over a store opened with no key.
+    Get one from ``payments.audit_log()``, or open a store with no cipher key
+    with ``AuditLog.open(db)``.
     """
 
-    def __init__(self, payments: Payments) -> None:
-        self.payments = payments
+    def __init__(self, store: PaymentStore) -> None:
+        if not isinstance(store, PaymentStore):
+            msg = "AuditLog reads a store: use payments.audit_log() or AuditLog.open(db)"
+            raise InvalidInput("store", msg)
+        self._store = store
 
     @classmethod
     def open(
-        cls, db: str | os.PathLike[str], *, read_only: bool = False, **kwargs: Any
+        cls,
+        db: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> AuditLog:
         """Open an existing SQLite file or PostgreSQL store for auditing; needs no cipher key.
 
-        ``log.payments`` is a ``Payments`` that reads (``get``, ``state_at``,
-        ``read_model``, ``rebuild_read_models``...) but records nothing: every
-        command raises :class:`ConfigurationError`. No table is ever created:
-        a file or database without klarna_flow's tables is refused as it is.
+        No table is ever created: a file or database without klarna_flow's
+        tables is refused as it is.
 
         Args:
             db: an SQLite path or a ``postgresql://`` URL.
@@ -242,7 +245,7 @@ class AuditLog:
                 date in memory. Otherwise the read-model tables are kept up to
                 date (and rebuilt by ``rebuild_read_models``); events are never
                 written either way.
-            kwargs: passed on to ``Payments`` (``clock``, ``env``...).
+            env: more of eventsourcing's settings (``POSTGRES_SCHEMA``...).
 
         Raises:
             InvalidInput: ``db`` names an SQLite file that does not exist.
@@ -253,21 +256,21 @@ class AuditLog:
         """
         text = os.fspath(db)
         postgres = is_postgres_url(text)
-        env = _env(text, read_only=read_only, extra=kwargs.pop("env", None))
+        settings = _env(text, read_only=read_only, extra=env)
         found = None if postgres else sqlite_tables(text)  # read before anything connects
-        kind = _ReadOnlyPayments if read_only else _KeylessPayments
+        kind = _ReadOnlyStore if read_only else _KeylessStore
         try:
-            payments = kind(env, cipher=_NO_KEY, **kwargs)
-        except sqlite3.Error as e:  # e.g. "file is not a database", from Payments' constructor
+            store = kind(settings, cipher=_NO_KEY)
+        except sqlite3.Error as e:  # e.g. "file is not a database", from the store's constructor
             raise StorageError(f"cannot open the event store at {text}: {e}") from e
         try:
-            _require_store(payments, text, found)
+            _require_store(store, text, found)
             if read_only and not postgres:
                 require_wal(text)
         except BaseException:
-            payments.close()
+            store.close()
             raise
-        return cls(payments)
+        return cls(store)
 
     def trail(self, payment_id: UUID) -> list[AuditEntry]:
         """Every event of the payment, oldest first, with secrets masked.
@@ -279,7 +282,7 @@ class AuditLog:
         if not isinstance(payment_id, UUID):
             raise InvalidInput("payment_id", f"must be a UUID, not {type(payment_id).__name__}")
         with _read_errors():
-            records = self.payments.recorder.select_events(payment_id)
+            records = self._store.recorder.select_events(payment_id)
         if not records:
             raise PaymentNotFound(payment_id)
         return list(
@@ -309,7 +312,7 @@ class AuditLog:
         return self._export_log(out, progress)
 
     def _export_log(self, out: TextOut, progress: Progress | None) -> int:
-        recorder = self.payments.recorder
+        recorder = self._store.recorder
         states: dict[UUID, PaymentState] = {}
         written = 0
         with _read_errors():
@@ -340,8 +343,8 @@ class AuditLog:
         Raises:
             PaymentNotFound: ``payment_id`` is given and nothing is known of it.
         """
-        app = self.payments
-        verifier = ChainVerifier(app.recorder, genesis(app.name), app.index.store)
+        store = self._store
+        verifier = ChainVerifier(store.recorder, genesis(store.name), store.index.store)
         with _read_errors():
             if payment_id is None:
                 return verifier.log(progress=progress)
@@ -353,10 +356,26 @@ class AuditLog:
         self, payment_id: UUID, *, version: int | None = None, at: datetime | None = None
     ) -> Payment:
         """The payment as it stood at ``version`` or ``at`` (see ``Payments.state_at``)."""
-        return self.payments.state_at(payment_id, version=version, at=at)
+        return self._store.state_at(payment_id, version=version, at=at)
+
+    def get(self, payment_id: UUID) -> Payment:
+        """The payment as it stands now (its tokens stay sealed)."""
+        return self._store.get(payment_id)
+
+    def read_model(self, state: PaymentState | str | None = None) -> list[IndexRow]:
+        """The payment index's rows (all, or those in ``state``), caught up first."""
+        return self._store.read_model(None if state is None else parse_state(state))
+
+    def counts_by_state(self) -> dict[str, int]:
+        """How many payments are in each state (from the read model)."""
+        return self._store.counts_by_state()
+
+    def rebuild_read_models(self, *, progress: Progress | None = None) -> int:
+        """Rebuild the read models from the log (kept in memory when read-only)."""
+        return self._store.rebuild_read_models(progress=progress)
 
     def close(self) -> None:
-        self.payments.close()
+        self._store.close()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -404,10 +423,10 @@ _READ_ONLY = (
 _NO_KEY = TokenCipher(None, plaintext=True)
 
 
-class _KeylessPayments(Payments):
-    """A ``Payments`` that reads and never records (no save, no seal, no unseal)."""
+class _KeylessStore(PaymentStore):
+    """A store that reads and never records (no save, no seal, no unseal)."""
 
-    name = Payments.name  # same tables, same chain genesis as the writer's
+    name = PaymentStore.name  # same tables, same chain genesis as the writer's
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         raise ConfigurationError(_READ_ONLY)
@@ -419,10 +438,10 @@ class _KeylessPayments(Payments):
         raise ConfigurationError(_READ_ONLY)
 
 
-class _ReadOnlyPayments(_KeylessPayments):
-    """A ``_KeylessPayments`` that writes nothing, read models included."""
+class _ReadOnlyStore(_KeylessStore):
+    """A ``_KeylessStore`` that writes nothing, read models included."""
 
-    name = Payments.name
+    name = PaymentStore.name
 
     def _construct_read_model_store(self) -> ReadModelStore:
         return _UpdatedInMemory(super()._construct_read_model_store())
@@ -436,18 +455,18 @@ def _env(db: str, *, read_only: bool, extra: Mapping[str, str] | None) -> dict[s
     return env
 
 
-def _require_store(payments: Payments, db: str, tables: frozenset[str] | None) -> None:
+def _require_store(store: PaymentStore, db: str, tables: frozenset[str] | None) -> None:
     """Refuse a store without klarna_flow's events and payment index tables.
 
     ``tables`` are an SQLite file's, listed before the store was opened; a
     PostgreSQL schema's are listed here.
     """
     needed = (
-        getattr(payments.recorder, "events_table_name", ""),
-        f"{payments.name.lower()}_payment_index",  # as SQLIndex names it
+        store.events_table_name,
+        f"{store.name.lower()}_payment_index",  # as SQLIndex names it
     )
     if tables is None:
-        tables = postgres_tables(getattr(payments.factory, "datastore", None))
+        tables = postgres_tables(getattr(store.factory, "datastore", None))
     require_tables(tables, needed, db)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "decide",
     "diagram",
     "is_final",
+    "parse_state",
     "transition_table",
 ]
 
@@ -76,6 +77,19 @@ class PaymentState(enum.StrEnum):
     DECLINED = "DECLINED"
     EXPIRED = "EXPIRED"
     CANCELED = "CANCELED"
+
+
+def parse_state(value: object) -> PaymentState:
+    """A :class:`PaymentState` from itself or its name.
+
+    Raises:
+        InvalidInput: not a state (field ``state``).
+    """
+    try:
+        return PaymentState(str(value))
+    except ValueError:
+        names = ", ".join(s.value for s in PaymentState)
+        raise InvalidInput("state", f"must be one of {names}") from None
 
 
 _FINAL = frozenset(

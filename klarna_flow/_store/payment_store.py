@@ -1,25 +1,26 @@
 """The payment store: eventsourcing persistence wired for klarna_flow.
 
-Chooses the store (eventsourcing's environment variables or an explicit
-constructor), installs the chained mapper and the token cipher, opens the
-read-model tables beside the events, loads and saves payments, rebuilds them
-at any version or time, and translates eventsourcing's errors at this boundary.
-:class:`~klarna_flow.Payments` builds its commands on top.
+:class:`PaymentStore` is the private eventsourcing ``Application`` that
+``Payments`` and ``AuditLog`` hold (they compose it; users never reach it).
+It chooses the store from eventsourcing's environment variables, installs the
+chained mapper and the token cipher, opens the read-model tables beside the
+events, loads and saves payments, rebuilds them at any version or time,
+answers the read models, and translates eventsourcing's errors at this
+boundary.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from typing import Any, Self
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import EventSourcingError
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import EventSourcingError, MutableOrImmutableAggregate
 from eventsourcing.persistence import (
     ApplicationRecorder,
     InfrastructureFactory,
@@ -31,9 +32,10 @@ from eventsourcing.persistence import (
     Transcoding,
 )
 from eventsourcing.popo import POPOFactory
+from eventsourcing.sqlite import SQLiteFactory
 from eventsourcing.utils import Environment, EnvType, strtobool
 
-from klarna_flow._domain.lifecycle import DEFAULT_REQUEST_LIFETIME
+from klarna_flow._domain.lifecycle import PaymentState
 from klarna_flow._domain.payment import Payment
 from klarna_flow._domain.sealed import SealedSecret
 from klarna_flow._errors import (
@@ -43,18 +45,12 @@ from klarna_flow._errors import (
     PaymentNotFound,
     StorageError,
 )
-from klarna_flow._shared.clock import Clock, SystemClock
-from klarna_flow._shared.validation import (
-    check_aware,
-    check_krn,
-    check_positive_duration,
-)
+from klarna_flow._shared.validation import check_aware
 from klarna_flow._store.chain import ChainedMapper, genesis
 from klarna_flow._store.cipher import TokenCipher
 from klarna_flow._store.heads import recorder_topic
-from klarna_flow._store.locations import postgres_env
-from klarna_flow._store.projections import PaymentIndex
-from klarna_flow._store.read_models import MemoryIndex, ReadModelStore, SQLIndex
+from klarna_flow._store.projections import PaymentIndex, Progress
+from klarna_flow._store.read_models import IndexRow, MemoryIndex, ReadModelStore, SQLIndex
 
 __all__ = [
     "ALLOW_PLAINTEXT_ENV",
@@ -85,24 +81,20 @@ def payment_id_for(partner_account_id: str | None, reference: str) -> UUID:
 
 
 class PaymentStore(Application[UUID]):
-    """The event store of payments: persistence, sealing, loading and history.
+    """The event store of payments: persistence, sealing, loading, history, read models.
 
-    :class:`Payments` adds the commands; this class wires eventsourcing's
-    store (in-memory, SQLite or PostgreSQL), the chained mapper, the token
-    cipher and the read-model store, and translates their errors.
+    Private: ``Payments`` and ``AuditLog`` hold one and expose their own
+    commands and queries, so none of eventsourcing's members (``repository``,
+    ``save``, ``take_snapshot``...) reach users.
 
     Args:
         env: eventsourcing's environment (``PERSISTENCE_MODULE``,
             ``SQLITE_DBNAME``, ``POSTGRES_*``...), merged over ``os.environ``.
-        clock: where every recorded time comes from (default: system clock).
-        partner_account_id: the default Klarna partner account for ``create``.
         cipher: the :class:`TokenCipher` sealing tokens at rest. Default:
             ``KLARNA_FLOW_CIPHER_KEY``; an in-memory store without one uses a
             key that lives as long as the process.
         allow_plaintext: store tokens unencrypted on a durable store with no
             key (local development only; also ``KLARNA_FLOW_ALLOW_PLAINTEXT=1``).
-        request_lifetime: how long a payment request lives (Klarna's default
-            is 3 hours).
 
     Raises:
         ConfigurationError: a durable store without a cipher key (and no
@@ -110,27 +102,15 @@ class PaymentStore(Application[UUID]):
         StorageError: the store cannot be opened.
     """
 
-    name = "Payments"
+    name = "Payments"  # names the tables and the chain's genesis: never change it
 
     def __init__(
         self,
         env: EnvType | None = None,
         *,
-        clock: Clock | None = None,
-        partner_account_id: str | None = None,
         cipher: TokenCipher | None = None,
         allow_plaintext: bool | None = None,
-        request_lifetime: timedelta = DEFAULT_REQUEST_LIFETIME,
     ) -> None:
-        self.clock: Clock = clock if clock is not None else SystemClock()
-        if not callable(getattr(self.clock, "now", None)):
-            raise InvalidInput("clock", "must have a now() method")
-        self.partner_account_id = (
-            check_krn(partner_account_id, "partner_account_id")
-            if partner_account_id is not None
-            else None
-        )
-        self.request_lifetime = check_positive_duration(request_lifetime, "request_lifetime")
         if cipher is not None and not isinstance(cipher, TokenCipher):
             raise InvalidInput("cipher", f"must be a TokenCipher, not {type(cipher).__name__}")
         try:
@@ -141,44 +121,40 @@ class PaymentStore(Application[UUID]):
         with storage_errors():
             self.index = PaymentIndex(self.recorder, self._construct_read_model_store())
 
-    # -- construction ---------------------------------------------------------
-
-    @classmethod
-    def sqlite(cls, path: str | os.PathLike[str], **kwargs: Any) -> Self:
-        """A ``Payments`` on an SQLite file (created if missing)."""
-        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)}
-        env.update(kwargs.pop("env", None) or {})
-        return cls(env, **kwargs)
-
-    @classmethod
-    def postgres(cls, url: str, **kwargs: Any) -> Self:
-        """A ``Payments`` on PostgreSQL, from ``postgresql://user:pw@host:port/db``."""
-        env = postgres_env(url)
-        env.update(kwargs.pop("env", None) or {})
-        return cls(env, **kwargs)
-
-    @classmethod
-    def open(cls, db: str | os.PathLike[str], **kwargs: Any) -> Self:
-        """A PostgreSQL URL or an SQLite path, whichever ``db`` is."""
-        text = os.fspath(db)
-        if text.startswith(("postgres://", "postgresql://")):
-            return cls.postgres(text, **kwargs)
-        return cls.sqlite(text, **kwargs)
+    # -- construction (eventsourcing's public hooks) ---------------------------
 
     def _construct_read_model_store(self) -> ReadModelStore:
-        datastore = getattr(self.factory, "datastore", None)
-        if datastore is None:
+        factory = self.factory
+        if isinstance(factory, POPOFactory):
             return MemoryIndex()
-        create = bool(getattr(self.factory, "env_create_table", lambda: True)())
-        schema = getattr(datastore, "schema", None)
-        events = getattr(self.recorder, "events_table_name", None)
-        if schema is not None:  # PostgreSQL
-            prefix, placeholder = f"{schema}.{self.name.lower()}", "%s"
-            log = (f"{schema}.{events}", "notification_id") if events else None
-        else:
-            prefix, placeholder = self.name.lower(), "?"
-            log = (events, "rowid") if events else None
-        return SQLIndex(datastore, prefix=prefix, placeholder=placeholder, create=create, log=log)
+        events = self.events_table_name
+        if isinstance(factory, SQLiteFactory):
+            return SQLIndex(
+                factory.datastore,
+                prefix=self.name.lower(),
+                placeholder="?",
+                create=factory.env_create_table(),
+                log=(events, "rowid"),
+            )
+        from eventsourcing.postgres import PostgresFactory  # noqa: PLC0415  (optional extra)
+
+        if not isinstance(factory, PostgresFactory):
+            msg = f"unsupported persistence module: {type(factory).__module__}"
+            raise ConfigurationError(msg)
+        schema = factory.datastore.schema
+        return SQLIndex(
+            factory.datastore,
+            prefix=f"{schema}.{self.name.lower()}",
+            placeholder="%s",
+            create=factory.env_create_table(),
+            log=(f"{schema}.{events}", "notification_id"),
+        )
+
+    @property
+    def events_table_name(self) -> str:
+        """The events table of an SQL store (eventsourcing names it)."""
+        name = getattr(self.recorder, "events_table_name", "")
+        return str(name)
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         # The recorder that keeps chain heads in the events' transaction
@@ -208,10 +184,13 @@ class PaymentStore(Application[UUID]):
         self.mapper.recorder = recorder
         return recorder
 
-    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+    def save(
+        self, *objs: MutableOrImmutableAggregate[UUID] | Any, **kwargs: Any
+    ) -> list[Recording[UUID]]:
+        # A digest becomes the chain head only once its insert succeeded.
         assert isinstance(self.mapper, ChainedMapper)
         try:
-            recordings = super()._record(processing_event)
+            recordings = super().save(*objs, **kwargs)
         except BaseException:
             self.mapper.discard()
             raise
@@ -247,11 +226,7 @@ class PaymentStore(Application[UUID]):
         )
         raise ConfigurationError(msg)
 
-    # -- time and persistence helpers ----------------------------------------
-
-    def now(self) -> datetime:
-        """The clock's current time (checked to be timezone-aware)."""
-        return check_aware(self.clock.now(), "clock.now()")
+    # -- persistence ---------------------------------------------------------
 
     def get(self, payment_id: UUID) -> Payment:
         """The payment as it stands now.
@@ -331,6 +306,39 @@ class PaymentStore(Application[UUID]):
         if not events:
             raise PaymentNotFound(payment_id)
         return iter(events)
+
+    # -- read models ------------------------------------------------------------
+
+    def read_model(self, state: PaymentState | None = None) -> list[IndexRow]:
+        """Index rows (all, or those in ``state``), caught up first."""
+        with storage_errors():
+            self.index.catch_up()
+            if state is None:
+                return self.index.store.all_rows()
+            return self.index.store.in_state(state.value)
+
+    def counts_by_state(self) -> dict[str, int]:
+        """How many payments are in each state (from the read model)."""
+        with storage_errors():
+            self.index.catch_up()
+            return self.index.store.counts()
+
+    def rebuild_read_models(self, *, progress: Progress | None = None) -> int:
+        """Drop the read models and rebuild them from the notification log."""
+        with storage_errors():
+            return self.index.rebuild(progress=progress)
+
+    def find_by_payment_request(self, payment_request_id: str) -> UUID | None:
+        """The payment that holds Klarna's ``payment_request_id``, if any."""
+        with storage_errors():
+            self.index.catch_up()
+            return self.index.store.by_payment_request(payment_request_id)
+
+    def due(self, now: datetime) -> list[UUID]:
+        """Open payments whose deadline is at or before ``now``."""
+        with storage_errors():
+            self.index.catch_up()
+            return self.index.store.due(now.timestamp())
 
 
 def _project(events: list[Any]) -> Payment:

@@ -313,8 +313,8 @@ def replay(db: Db = DEFAULT_DB, as_json: Json = False) -> None:
     """
     with _audit_log(db, read_only=False) as log:
         with render.progress_bar("replaying") as progress:
-            replayed = log.payments.rebuild_read_models(progress=progress)
-        counts = log.payments.counts_by_state()
+            replayed = log.rebuild_read_models(progress=progress)
+        counts = log.counts_by_state()
     if as_json:
         _print_json({"events_replayed": replayed, "counts": counts})
     else:
