@@ -1,7 +1,7 @@
 """klarna_flow: Klarna's final-authorization step as an event-sourced state machine.
 
 One import path for users: every public name is re-exported here, and
-``tests/test_public_api.py`` pins the list.
+``tests/docs_and_cli/test_public_api.py`` pins the list.
 """
 
 from klarna_flow._app.authorization import AuthorizationOutcome, OutcomeResult

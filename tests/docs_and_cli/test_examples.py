@@ -20,7 +20,7 @@ import pytest
 from examples import audit_from_database, quickstart
 from klarna_flow import generate_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = ("KLARNA_FLOW_CIPHER_KEY", "KLARNA_FLOW_OLD_CIPHER_KEYS", "KLARNA_FLOW_ALLOW_PLAINTEXT")
 
 

@@ -1,9 +1,10 @@
 """The lifecycle table of ``/work/shared/design.md``, row by row and guard by guard.
 
-Everything goes through the public API: ``Payments`` commands (create,
-complete, expire, cancel) and, until ``Payments.authorize`` exists, the
-``Payment`` aggregate's ``request_authorization`` / ``approve`` / ``decline`` /
-``require_step_up`` / ``fail`` saved with ``Payments.save_payment``.
+``Payments`` commands (create, complete, expire, cancel) on every store, and
+the ``Payment`` aggregate's ``request_authorization`` / ``approve`` /
+``decline`` / ``require_step_up`` / ``fail`` saved through the application's
+store, so each row of the table is reached without a Klarna double (the
+authorize path itself is tested in ``test_authorize.py``).
 
 Every refused command raises a typed error that says why, and records nothing.
 """

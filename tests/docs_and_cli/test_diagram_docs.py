@@ -5,7 +5,7 @@ concepts page must show it (included inside a ```` ```mermaid ```` fence); the
 page's table of transitions must list the table's rows. When the table
 changes, regenerate the diagram with::
 
-    python tests/test_diagram_docs.py --write
+    python tests/docs_and_cli/test_diagram_docs.py --write
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 from klarna_flow import diagram
 from klarna_flow._domain.lifecycle import transition_table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIAGRAM = ROOT / "docs" / "lifecycle.mmd"
 CONCEPTS = ROOT / "docs" / "concepts.md"
-REGENERATE = "python tests/test_diagram_docs.py --write"
+REGENERATE = "python tests/docs_and_cli/test_diagram_docs.py --write"
 
 _FENCE = re.compile(r"^```mermaid\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 _SNIPPET = re.compile(r'^--8<-- "([^"]+)"$')

@@ -9,26 +9,35 @@ where ``PaymentExpired`` is recorded).
 
 from __future__ import annotations
 
+import functools
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from klarna_flow import (
     AuthorizationInProgress,
+    AuthorizationOutcome,
     AuthorizationWindowElapsed,
+    ConcurrentModification,
     ConfigurationError,
     Flow,
     InvalidTransition,
+    KlarnaFlowError,
     OutcomeResult,
     Payment,
     Payments,
     PaymentState,
+    TokenCipher,
     WrongFlow,
 )
-from klarna_flow.testing import ManualClock
+from klarna_flow._app.authorization import _expire_if_window_elapsed
+from klarna_flow.testing import FakeKlarna, ManualClock
 from tests._flow_helpers import (
     AMOUNT,
     CURRENCY,
@@ -36,6 +45,7 @@ from tests._flow_helpers import (
     MakePayments,
     Via,
     event_names,
+    klarna_client,
     open_kit,
 )
 
@@ -444,3 +454,203 @@ def test_a_worker_that_loses_the_race_reports_the_state_it_found(
     assert caught.value.state == "AUTHORIZED"
     assert "AUTHORIZED" in str(caught.value)
     assert len(kit.fake.requests) == 1
+
+
+# -- workers racing to authorize -----------------------------------------------------------
+# Workers racing to authorize the same payment: one call to Klarna, ever.
+#
+# Eight threads authorize one payment at the same instant (a barrier), each
+# with its own ``Payments`` on one store (SQLite file, PostgreSQL schema), or all
+# sharing one ``Payments``. Optimistic concurrency on ``AuthorizationRequested``
+# picks the one worker that goes on; every other worker is told
+# ``AuthorizationInProgress`` (a ``ConcurrentModification``) and sends nothing.
+#
+# The winner's HTTP call is held until every loser has returned, so no loser can
+# arrive after the outcome is recorded and see a final payment instead of a race.
+
+
+WORKERS = 8
+DURABLE = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres])]
+
+
+class HoldUntilLosersReturn:
+    """In front of the fake: a request waits until ``losers`` workers have given up."""
+
+    def __init__(self, fake: FakeKlarna, losers: int) -> None:
+        self.fake = fake
+        self.losers = losers
+        self._given_up = 0
+        self._changed = threading.Condition()
+
+    def gave_up(self) -> None:
+        with self._changed:
+            self._given_up += 1
+            self._changed.notify_all()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._changed:
+            self._changed.wait_for(lambda: self._given_up >= self.losers, timeout=10)
+        return self.fake(request)
+
+
+Attempt = AuthorizationOutcome | KlarnaFlowError
+
+
+def race(
+    workers: Sequence[Callable[[], AuthorizationOutcome]], hold: HoldUntilLosersReturn
+) -> list[Attempt]:
+    """Run every worker at once; return each one's outcome or error."""
+    barrier = threading.Barrier(len(workers))
+    results: list[Attempt] = []
+    lock = threading.Lock()
+
+    def run(work: Callable[[], AuthorizationOutcome]) -> None:
+        barrier.wait()
+        result: Attempt
+        try:
+            result = work()
+        except KlarnaFlowError as e:
+            result = e
+            hold.gave_up()
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == len(workers)
+    return results
+
+
+def check_one_winner(kit: Kit, payment_id: object, results: list[Attempt]) -> None:
+    outcomes = [r for r in results if isinstance(r, AuthorizationOutcome)]
+    refusals = [r for r in results if not isinstance(r, AuthorizationOutcome)]
+    assert len(outcomes) == 1, results
+    assert outcomes[0].result is OutcomeResult.APPROVED
+    assert len(refusals) == WORKERS - 1
+    for refusal in refusals:
+        assert isinstance(refusal, ConcurrentModification), refusal
+        assert refusal.payment_id == payment_id
+    assert len(kit.fake.requests) == 1
+    assert len(kit.fake.transactions) == 1
+    assert event_names(kit.payments, outcomes[0].payment_id).count("AuthorizationRequested") == 1
+    assert kit.payments.get(outcomes[0].payment_id).state is PaymentState.AUTHORIZED
+
+
+@pytest.mark.parametrize("store", DURABLE)
+def test_workers_with_their_own_payments_race_and_one_calls_klarna(
+    kit: Kit, make_payments: MakePayments
+) -> None:
+    created = kit.completed()
+    hold = HoldUntilLosersReturn(kit.fake, losers=WORKERS - 1)
+    with klarna_client(hold) as client:
+        apps = [make_payments(klarna=client) for _ in range(WORKERS)]
+        workers = [functools.partial(app.authorize, created.payment_id) for app in apps]
+
+        results = race(workers, hold)
+
+    check_one_winner(kit, created.payment_id, results)
+
+
+def test_workers_sharing_one_payments_race_and_one_calls_klarna(kit: Kit) -> None:
+    created = kit.completed()
+    hold = HoldUntilLosersReturn(kit.fake, losers=WORKERS - 1)
+    with klarna_client(hold) as client:
+        kit.payments.klarna = client
+        workers = [functools.partial(kit.payments.authorize, created.payment_id)] * WORKERS
+
+        results = race(workers, hold)
+
+    check_one_winner(kit, created.payment_id, results)
+
+
+@pytest.mark.parametrize("store", DURABLE)
+def test_workers_reconciling_one_payment_record_one_outcome(
+    kit: Kit, make_payments: MakePayments
+) -> None:
+    # Reconcile may re-send from several workers: the same key makes Klarna
+    # answer each with the one transaction, and one outcome is recorded.
+    created = kit.completed()
+    for _ in range(3):
+        kit.fake.timeout_next(after_processing=True)
+    assert kit.payments.authorize(created.payment_id).result is OutcomeResult.PENDING
+    apps = [make_payments(klarna=kit.payments.klarna) for _ in range(4)]
+    barrier = threading.Barrier(len(apps))
+    outcomes: list[list[AuthorizationOutcome]] = []
+
+    def reconcile(app: Payments) -> None:
+        barrier.wait()
+        outcomes.append(app.reconcile(older_than=timedelta(0)))
+
+    threads = [threading.Thread(target=reconcile, args=(app,)) for app in apps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    [transaction] = kit.fake.transactions
+    results = [o for batch in outcomes for o in batch]
+    assert results
+    assert {o.result for o in results} == {OutcomeResult.APPROVED}
+    assert {o.payment_transaction_id for o in results} == {transaction.payment_transaction_id}
+    events = list(kit.payments.stored_events(created.payment_id))
+    assert sum(isinstance(e, Payment.AuthorizationApproved) for e in events) == 1
+    assert {r.headers["Klarna-Idempotency-Key"] for r in kit.fake.requests} == {
+        results[0].idempotency_key
+    }
+
+
+# -- the window closes during a race -------------------------------------------------------
+# The window closes while another worker requests authorization: the late
+# worker reports what happened, not what it meant to record.
+
+
+WINDOW_RACE_TOKEN = "krn:payment:eu1:klarna-network-session-token:window-race"
+
+
+def _two_workers(tmp_path: Path) -> tuple[Payments, Payments, ManualClock]:
+    clock, cipher = ManualClock(), TokenCipher.ephemeral()
+    db = tmp_path / "p.sqlite"
+    return (
+        Payments.sqlite(db, clock=clock, cipher=cipher),
+        Payments.sqlite(db, clock=clock, cipher=cipher),
+        clock,
+    )
+
+
+def test_a_late_expiry_that_loses_to_a_request_reports_authorization_in_progress(
+    tmp_path: Path,
+) -> None:
+    late, early, clock = _two_workers(tmp_path)
+    payment_id = early.create(flow=Flow.AUTHORIZATION, amount=1, currency="EUR", reference="w")
+    early.complete(payment_id, session_token=WINDOW_RACE_TOKEN)
+    stale = late.get(payment_id)  # loaded just before the window closed
+    clock.advance(timedelta(minutes=59))
+    current = early.get(payment_id)
+    current.request_authorization(idempotency_key="k-1", now=early.now())
+    early._store.save_payment(current)  # the other worker got in first
+    clock.advance(timedelta(minutes=2))
+
+    with pytest.raises(AuthorizationInProgress):
+        _expire_if_window_elapsed(late._ledger, stale, late.now())
+
+    assert late.get(payment_id).state is PaymentState.AUTHORIZING
+
+
+def test_a_late_expiry_that_loses_to_another_expiry_reports_the_state_found(
+    tmp_path: Path,
+) -> None:
+    late, early, clock = _two_workers(tmp_path)
+    payment_id = early.create(flow=Flow.AUTHORIZATION, amount=1, currency="EUR", reference="w2")
+    early.complete(payment_id, session_token=WINDOW_RACE_TOKEN)
+    stale = late.get(payment_id)
+    clock.advance(timedelta(minutes=61))
+    early.expire(payment_id)
+
+    with pytest.raises(AuthorizationWindowElapsed, match="EXPIRED") as caught:
+        _expire_if_window_elapsed(late._ledger, stale, late.now())
+
+    assert caught.value.state == "EXPIRED"
+    assert len(list(late.stored_events(payment_id))) == 3  # nothing recorded twice

@@ -29,15 +29,16 @@ import pytest
 from klarna_flow import (
     Flow,
     InvalidInput,
+    KlarnaClient,
     KlarnaServerError,
     OutcomeResult,
     Payment,
     Payments,
     PaymentState,
+    RetryPolicy,
     TokenCipher,
     generate_key,
 )
-from klarna_flow.klarna import KlarnaClient
 from klarna_flow.testing import FakeKlarna, ManualClock, serve_fake
 from tests import _flow_helpers
 from tests._flow_helpers import (
@@ -436,3 +437,173 @@ def _kill_while_in_flight(
             child.kill()
             child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL
+
+
+# -- reconcile past a payment it cannot re-send --------------------------------------------
+# reconcile goes on past a payment it cannot re-send, and says which.
+
+
+RETRY_TWICE = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_backoff=0.001)
+
+
+def _pending_on(payments: Payments, fake: FakeKlarna, reference: str) -> UUID:
+    token = fake.issue_session_token(amount=100, currency="EUR")
+    payment_id = payments.create(
+        flow=Flow.AUTHORIZATION, amount=100, currency="EUR", reference=reference
+    )
+    payments.complete(payment_id, session_token=token)
+    for _ in range(RETRY_TWICE.max_attempts):
+        fake.timeout_next(after_processing=True)
+    assert payments.authorize(payment_id).result is OutcomeResult.PENDING
+    return payment_id
+
+
+def test_a_payment_sealed_under_a_missing_key_is_skipped_and_the_rest_resolved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    fake = FakeKlarna(clock=clock)
+    key1, key2 = generate_key(), generate_key()
+    db = tmp_path / "p.sqlite"
+
+    def open_app(cipher: TokenCipher) -> Payments:
+        client = KlarnaClient(fake.api_key, transport=httpx.MockTransport(fake), retry=RETRY_TWICE)
+        return Payments.sqlite(
+            db,
+            clock=clock,
+            cipher=cipher,
+            klarna=client,
+            partner_account_id=fake.partner_account_id,
+        )
+
+    old = open_app(TokenCipher(key1))
+    sealed_with_key1 = _pending_on(old, fake, "old-key")
+    old.close()
+    new = open_app(TokenCipher(key2))
+    sealed_with_key2 = _pending_on(new, fake, "new-key")
+    clock.advance(timedelta(minutes=6))
+
+    with caplog.at_level(logging.WARNING, logger="klarna_flow"):
+        outcomes = new.reconcile()
+
+    assert [o.payment_id for o in outcomes] == [sealed_with_key2]
+    assert outcomes[0].result is OutcomeResult.APPROVED
+    assert new.get(sealed_with_key1).state is PaymentState.AUTHORIZING
+    [warning] = [r for r in caplog.records if "reconcile skipped" in r.getMessage()]
+    assert str(sealed_with_key1) in warning.getMessage()
+    assert "ConfigurationError" in warning.getMessage()
+    new.close()
+
+    # With the old key configured again, the skipped one resolves: one transaction each.
+    both = open_app(TokenCipher(key2, old=[key1]))
+    [late] = both.reconcile()
+    assert late.payment_id == sealed_with_key1
+    assert late.result is OutcomeResult.APPROVED
+    assert len(fake.transactions_for("old-key")) == 1
+    assert len(fake.transactions_for("new-key")) == 1
+    both.close()
+
+
+def test_the_cipher_key_may_come_in_the_env_argument(tmp_path: Path) -> None:
+    key = generate_key()
+    payments = Payments.sqlite(tmp_path / "p.sqlite", env={"KLARNA_FLOW_CIPHER_KEY": key})
+    assert payments.cipher.current_key_id == TokenCipher(key).current_key_id
+    payments.close()
+
+
+# -- answers that prove nothing ------------------------------------------------------------
+# A failure after which Klarna may have acted never reopens a payment.
+#
+# When any attempt of a call may have reached Klarna (a timeout or a dropped
+# answer after Klarna acted, a 5xx), a later refusal of a retry proves nothing:
+# the payment stays ``AUTHORIZING`` and ``reconcile`` re-sends the same key,
+# until Klarna answers with its original result. One transaction, ever.
+
+
+RETRY_THRICE = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+
+
+@pytest.fixture
+def setup() -> Iterator[tuple[Payments, FakeKlarna, ManualClock]]:
+    clock = ManualClock()
+    fake = FakeKlarna(clock=clock)
+    client = KlarnaClient(fake.api_key, transport=httpx.MockTransport(fake), retry=RETRY_THRICE)
+    payments = Payments(
+        clock=clock,
+        klarna=client,
+        signing_keys=fake.signing_keys,
+        partner_account_id=fake.partner_account_id,
+    )
+    yield payments, fake, clock
+    client.close()
+    payments.close()
+
+
+def _completed_on(payments: Payments, fake: FakeKlarna, reference: str) -> UUID:
+    token = fake.issue_session_token(amount=100, currency="USD")
+    payment_id = payments.create(
+        flow=Flow.AUTHORIZATION, amount=100, currency="USD", reference=reference
+    )
+    payments.complete(payment_id, session_token=token)
+    return payment_id
+
+
+def test_rate_limited_retries_after_a_lost_answer_leave_the_payment_pending(
+    setup: tuple[Payments, FakeKlarna, ManualClock],
+) -> None:
+    payments, fake, clock = setup
+    payment_id = _completed_on(payments, fake, "lost-then-429")
+    fake.timeout_next(after_processing=True)  # Klarna acts; the answer is lost
+    fake.fail_next(429, times=2)  # the retries under the same key are rate limited
+
+    outcome = payments.authorize(payment_id)
+
+    assert outcome.result is OutcomeResult.PENDING
+    assert outcome.state is PaymentState.AUTHORIZING
+    assert outcome.error is not None
+    assert outcome.error.may_have_acted
+    assert len(fake.transactions_for("lost-then-429")) == 1
+    # Nothing reopens it: no second attempt, no cancel, no expiry.
+    clock.advance(timedelta(minutes=61))
+    assert payments.expire_overdue() == []
+    # reconcile re-sends the recorded key: Klarna answers with the original result.
+    [resolved] = payments.reconcile(older_than=timedelta(0))
+    assert resolved.result is OutcomeResult.APPROVED
+    [transaction] = fake.transactions_for("lost-then-429")
+    assert resolved.payment_transaction_id == transaction.payment_transaction_id
+
+
+def test_a_rate_limited_reconcile_keeps_the_payment_pending(
+    setup: tuple[Payments, FakeKlarna, ManualClock],
+) -> None:
+    payments, fake, clock = setup
+    payment_id = _completed_on(payments, fake, "pending-429")
+    for _ in range(RETRY_THRICE.max_attempts):
+        fake.timeout_next(after_processing=True)
+    assert payments.authorize(payment_id).result is OutcomeResult.PENDING
+    clock.advance(timedelta(minutes=6))
+    fake.fail_next(429, times=RETRY_THRICE.max_attempts)
+
+    [still] = payments.reconcile()
+
+    assert still.result is OutcomeResult.PENDING
+    assert payments.get(payment_id).state is PaymentState.AUTHORIZING
+    [again] = payments.reconcile()
+    assert again.result is OutcomeResult.APPROVED
+    assert len(fake.transactions_for("pending-429")) == 1
+
+
+def test_a_refusal_on_the_first_send_is_definitive(
+    setup: tuple[Payments, FakeKlarna, ManualClock],
+) -> None:
+    payments, fake, _ = setup
+    payment_id = _completed_on(payments, fake, "plain-429")
+    fake.fail_next(429, times=RETRY_THRICE.max_attempts)  # never processed: safe to retry later
+
+    outcome = payments.authorize(payment_id)
+
+    assert outcome.result is OutcomeResult.FAILED
+    assert outcome.error is not None
+    assert not outcome.error.may_have_acted
+    assert payments.authorize(payment_id).result is OutcomeResult.APPROVED
+    assert len(fake.transactions_for("plain-429")) == 1

@@ -4,7 +4,7 @@ Each page is one test; its blocks run in order in one namespace (as a reader
 would type them), in a temporary working directory, with none of
 klarna_flow's environment variables set. A block that only includes a file
 (``--8<-- "examples/quickstart.py"``) is not run here: the file it includes
-must be one that a test of its own runs (``tests/test_examples.py`` and
+must be one that a test of its own runs (``tests/docs_and_cli/test_examples.py`` and
 friends); such a block sits between ``<!-- fmt:off -->`` and
 ``<!-- fmt:on -->``, because ``ruff format`` formats the Python blocks of
 Markdown files and would otherwise rewrite the include line as Python.
@@ -28,9 +28,9 @@ from sybil.parsers.markdown import CodeBlockParser
 from klarna_flow import Payments
 from klarna_flow.klarna import AsyncKlarnaClient, KlarnaClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [*sorted(ROOT.glob("docs/**/*.md")), ROOT / "README.md"]
-TESTS = Path(__file__).resolve().parent
+TESTS = ROOT / "tests"
 
 # Fences that are shown, never run. Anything else (``py``, ``python3``, a bare
 # fence...) is refused, so no Python block can slip past the runner.

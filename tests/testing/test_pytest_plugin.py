@@ -19,7 +19,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "testing.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "testing.md"
 MARKER = "# test_checkout.py\n"
 
 WRONG = """
