@@ -218,6 +218,8 @@ _TABLE: list[dict[str, Any]] = [
     },
     {"trigger": "approve", "source": _T.AUTHORIZING, "dest": _T.AUTHORIZED},
     {"trigger": "decline", "source": _T.AUTHORIZING, "dest": _T.DECLINED},
+    # Klarna reports that it declined the payment request itself (a notification).
+    {"trigger": "decline_request", "source": _T.CREATED, "dest": _T.DECLINED},
     {"trigger": "require_step_up", "source": _T.AUTHORIZING, "dest": _T.CREATED},
     {"trigger": "fail", "source": _T.AUTHORIZING, "dest": _T.COMPLETED},
     {

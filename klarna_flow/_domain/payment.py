@@ -173,6 +173,29 @@ class Payment(Aggregate):
         def apply(self, payment: Payment) -> None:
             payment.state = PaymentState.CANCELED
 
+    class PaymentRequestDeclined(Event):
+        """Klarna reported that it declined the payment request (before any authorize call)."""
+
+        reason: str
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.DECLINED
+            payment.decline_reason = self.reason
+
+    class PaymentRequestReported(Event):
+        """Klarna reported news of the open payment request; the state stays ``CREATED``.
+
+        ``event_type`` is the notification's type; ``klarna_state`` the request's
+        state at Klarna when the notification names one (``SUBMITTED``,
+        ``IN_PROGRESS``...), else None.
+        """
+
+        event_type: str
+        klarna_state: str | None
+
+        def apply(self, payment: Payment) -> None:
+            del payment  # recorded for the audit trail (and deduplication) only
+
     def __init__(  # noqa: PLR0917  (eventsourcing passes event fields by name)
         self,
         flow: str,
@@ -454,6 +477,37 @@ class Payment(Aggregate):
         decide("cancel", self.facts(now), payment_id=self.id)
         self._record(self.PaymentCanceled, now, cause)
 
+    def decline_request(
+        self, *, now: datetime, cause: str, reason: str = "PAYMENT_REQUEST_DECLINED"
+    ) -> None:
+        """Record ``PaymentRequestDeclined``: Klarna declined the open payment request."""
+        decide("decline_request", self.facts(now), payment_id=self.id)
+        self._record(self.PaymentRequestDeclined, now, cause, reason=reason)
+
+    def note_request_report(
+        self, *, event_type: str, klarna_state: str | None, now: datetime, cause: str
+    ) -> None:
+        """Record ``PaymentRequestReported`` while the payment request is open (``CREATED``).
+
+        Raises:
+            InvalidTransition: the payment is past ``CREATED``: a report about its
+                request is late and would say nothing true about it.
+        """
+        if self.state is not PaymentState.CREATED:
+            raise InvalidTransition(
+                f"payment {self.id} is {self.state.value}: its payment request is no longer open",
+                payment_id=self.id,
+                command="note_request_report",
+                state=self.state.value,
+            )
+        self._record(
+            self.PaymentRequestReported,
+            now,
+            cause,
+            event_type=event_type,
+            klarna_state=klarna_state,
+        )
+
     def _record(
         self, event_class: type[Payment.Event], now: datetime, cause: str, **kw: Any
     ) -> None:
@@ -472,5 +526,7 @@ EVENT_STATES: dict[str, PaymentState | None] = {
     "AuthorizationFailed": PaymentState.COMPLETED,
     "PaymentExpired": PaymentState.EXPIRED,
     "PaymentCanceled": PaymentState.CANCELED,
+    "PaymentRequestDeclined": PaymentState.DECLINED,
+    "PaymentRequestReported": None,
 }
 """The state each event leaves a payment in (None: the state is unchanged)."""

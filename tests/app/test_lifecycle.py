@@ -47,6 +47,7 @@ DESIGN_TABLE = {
     ("request_authorization", S.COMPLETED, S.AUTHORIZING),
     ("approve", S.AUTHORIZING, S.AUTHORIZED),
     ("decline", S.AUTHORIZING, S.DECLINED),
+    ("decline_request", S.CREATED, S.DECLINED),
     ("require_step_up", S.AUTHORIZING, S.CREATED),
     ("fail", S.AUTHORIZING, S.COMPLETED),
     ("expire", S.CREATED, S.EXPIRED),
@@ -143,6 +144,10 @@ def _decline(payment: Payment, payments: Payments) -> None:
     )
 
 
+def _decline_request(payment: Payment, payments: Payments) -> None:
+    payment.decline_request(now=payments.now(), cause="notification:evt-declined")
+
+
 def _require_step_up(payment: Payment, payments: Payments) -> None:
     payment.require_step_up(
         correlation_id="corr-step-up",
@@ -168,6 +173,7 @@ DOMAIN_COMMANDS: dict[str, Callable[[Payment, Payments], None]] = {
     "request_authorization": _request_authorization,
     "approve": _approve,
     "decline": _decline,
+    "decline_request": _decline_request,
     "require_step_up": _require_step_up,
     "fail": _fail,
 }
@@ -429,6 +435,29 @@ def test_fail_allows_a_retry_while_the_window_is_open(driver: Driver) -> None:
     driver.clock.advance(TICK)
     refuse_in_domain(driver, pid, "request_authorization", CommandRefused)
     assert driver.do("expire", pid).state is S.EXPIRED
+
+
+# -- decline_request: CREATED -> DECLINED, reported by Klarna -----------------
+
+
+@pytest.mark.parametrize("flow", list(Flow))
+def test_a_declined_payment_request_declines_a_created_payment(driver: Driver, flow: Flow) -> None:
+    pid = driver.reach(S.CREATED, flow)
+    payment = driver.do("decline_request", pid)
+    assert payment.state is S.DECLINED
+    assert payment.decline_reason == "PAYMENT_REQUEST_DECLINED"
+    assert payment.last_result is None  # Klarna was never asked to authorize
+    [_, declined] = driver.events(pid)
+    assert isinstance(declined, Payment.PaymentRequestDeclined)
+    assert declined.cause == "notification:evt-declined"
+
+
+def test_a_declined_step_up_request_declines_the_payment(driver: Driver) -> None:
+    pid = driver.reach(S.AUTHORIZING)
+    driver.do("require_step_up", pid)
+    payment = driver.do("decline_request", pid)
+    assert payment.state is S.DECLINED
+    assert payment.authorization_attempts == 1
 
 
 # -- expire: CREATED, COMPLETED -> EXPIRED ------------------------------------

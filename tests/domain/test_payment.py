@@ -176,6 +176,56 @@ def test_an_unresolved_authorization_is_recorded_once_and_keeps_its_state() -> N
     assert not payment.is_unresolved
 
 
+def test_a_declined_payment_request_declines_only_a_created_payment() -> None:
+    payment = created()
+    payment.decline_request(now=T0, cause="notification:evt-1")
+
+    assert names(payment)[-1] == "PaymentRequestDeclined"
+    assert (payment.state, payment.decline_reason) == (S.DECLINED, "PAYMENT_REQUEST_DECLINED")
+    assert payment.notification_ids == {"evt-1"}
+    for late in (completed(), requested(), completed(Flow.TOKENIZATION)):
+        before = names(late)
+        with pytest.raises(InvalidTransition, match="cannot decline_request"):
+            late.decline_request(now=T0, cause="notification:evt-2")
+        assert names(late) == before
+    assert vars(replayed(payment)) == vars(payment)
+
+
+def test_a_report_on_the_payment_request_keeps_the_state() -> None:
+    payment = created()
+    before = dict(vars(payment))
+    payment.note_request_report(
+        event_type="payment.request.state-change.in-progress",
+        klarna_state="IN_PROGRESS",
+        now=T0 + timedelta(minutes=1),
+        cause="notification:evt-1",
+    )
+
+    [*_, reported] = payment.pending_events
+    assert isinstance(reported, Payment.PaymentRequestReported)
+    assert (reported.event_type, reported.klarna_state) == (
+        "payment.request.state-change.in-progress",
+        "IN_PROGRESS",
+    )
+    changed = {k for k in vars(payment) if vars(payment)[k] != before.get(k)}
+    assert changed == {"_version", "_modified_on", "notification_ids"}
+    assert payment.state is S.CREATED
+    assert vars(replayed(payment)) == vars(payment)
+
+
+@pytest.mark.parametrize("late", [completed, requested], ids=["completed", "authorizing"])
+def test_a_report_past_created_is_refused_and_records_nothing(late: Any) -> None:
+    payment = late()
+    before = names(payment)
+
+    with pytest.raises(InvalidTransition, match="no longer open"):
+        payment.note_request_report(
+            event_type="payment.request.updated", klarna_state=None, now=T0, cause="notification:e"
+        )
+
+    assert names(payment) == before
+
+
 def test_the_last_result_follows_each_attempt() -> None:
     payment = requested()
     assert payment.last_result == "PENDING"
