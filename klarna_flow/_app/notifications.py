@@ -3,7 +3,16 @@
 Duplicates (same ``event_id``) are recognised from the payment's own history,
 so deduplication survives restarts and holds across workers. A notification
 that would move a payment backwards (a late ``completed`` after ``expired``, a
-repeat of a completion) changes nothing and is acknowledged.
+repeat of a completion, a ``declined`` after the customer completed) changes
+nothing and is acknowledged.
+
+What each payment-request notification records:
+
+- ``completed``: ``PurchaseCompleted`` with the tokens (``CREATED`` only);
+- ``expired``: ``PaymentExpired``; ``canceled``: ``PaymentCanceled``;
+- ``declined``: ``PaymentRequestDeclined`` (``CREATED`` only);
+- ``submitted``, ``in-progress``, ``updated``: ``PaymentRequestReported``, the
+  state unchanged (``CREATED`` only).
 """
 
 from __future__ import annotations
@@ -19,20 +28,25 @@ from klarna_flow._errors import (
     ConcurrentModification,
     ConfigurationError,
     InvalidInput,
+    MalformedNotification,
     NotificationRejected,
     StorageError,
 )
 from klarna_flow.klarna._webhooks import (
     CANCELED,
     COMPLETED,
+    DECLINED,
     EXPIRED,
     KNOWN_TYPES,
+    REPORTED_TYPES,
     Envelope,
     Headers,
     NotificationOutcome,
     NotificationResult,
     check_signing_keys,
+    completion_tokens,
     parse_envelope,
+    reported_state,
     verify_signature,
 )
 
@@ -43,6 +57,10 @@ if TYPE_CHECKING:
     from klarna_flow._domain.payment import Payment
 
 __all__ = ["NotificationHandler"]
+
+# Notifications about the payment request while the customer is at Klarna:
+# once the payment left CREATED, they are late and change nothing.
+_WHILE_CREATED = frozenset({COMPLETED, DECLINED}) | REPORTED_TYPES
 
 
 class NotificationHandler:
@@ -124,7 +142,7 @@ class NotificationHandler:
             )
         try:
             applied = self._command(envelope, payment, cause)
-        except InvalidInput as e:
+        except (InvalidInput, MalformedNotification) as e:
             # The body carries something unusable (a malformed token): answer
             # 400 so the delivery stays visible at Klarna rather than vanish.
             return _result(envelope, 400, NotificationOutcome.REJECTED, payment.id, str(e))
@@ -141,28 +159,46 @@ class NotificationHandler:
         return _result(envelope, 200, NotificationOutcome.APPLIED, payment.id, "")
 
     def _command(self, envelope: Envelope, payment: Payment, cause: str) -> bool:
-        ledger = self.ledger
-        if envelope.event_type == COMPLETED:
-            if payment.state is not PaymentState.CREATED:
-                return False  # a late or repeated completion never moves back
-            ledger.complete(
-                payment,
-                session_token=envelope.token("klarna_network_session_token", "payment_token"),
-                customer_token=envelope.token("customer_token"),
-                # Klarna's clock may run ahead of ours: never record a future time.
-                completed_at=min(envelope.occurred_at, ledger.now()),
-                payment_request_id=envelope.payment_request_id,
-                cause=cause,
+        """Record what ``envelope`` reports; False when it is late and changes nothing.
+
+        Raises:
+            MalformedNotification: the payload carries unusable tokens.
+            InvalidInput: a token of the wrong shape.
+            CommandRefused: the lifecycle refuses the command.
+        """
+        kind = envelope.event_type
+        if kind in _WHILE_CREATED and payment.state is not PaymentState.CREATED:
+            return False  # late or repeated: never moves the payment back
+        if kind == COMPLETED:
+            self._complete(envelope, payment, cause)
+            return True
+        now = self.ledger.now()
+        if kind == EXPIRED:
+            payment.expire(now=now, reason="KLARNA_REPORTED", reported_by_klarna=True, cause=cause)
+        elif kind == CANCELED:
+            payment.cancel(now=now, cause=cause)
+        elif kind == DECLINED:
+            payment.decline_request(now=now, cause=cause)
+        else:
+            klarna_state = reported_state(kind, envelope.payload)
+            payment.note_request_report(
+                event_type=kind, klarna_state=klarna_state, now=now, cause=cause
             )
-        elif envelope.event_type == EXPIRED:
-            payment.expire(
-                now=ledger.now(), reason="KLARNA_REPORTED", reported_by_klarna=True, cause=cause
-            )
-            ledger.save(payment)
-        elif envelope.event_type == CANCELED:
-            payment.cancel(now=ledger.now(), cause=cause)
-            ledger.save(payment)
+        self.ledger.save(payment)
         return True
+
+    def _complete(self, envelope: Envelope, payment: Payment, cause: str) -> None:
+        ledger = self.ledger
+        tokens = completion_tokens(envelope.payload)
+        ledger.complete(
+            payment,
+            session_token=tokens.session_token,
+            customer_token=tokens.customer_token,
+            # Klarna's clock may run ahead of ours: never record a future time.
+            completed_at=min(envelope.occurred_at, ledger.now()),
+            payment_request_id=envelope.payment_request_id,
+            cause=cause,
+        )
 
 
 def _result(

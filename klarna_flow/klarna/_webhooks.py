@@ -5,6 +5,10 @@ The signature is HMAC-SHA256 over the raw body with the key named by
 accepted too), compared in constant time. Bodies over 1 MiB are refused
 before anything else is done with them (before hashing). Headers come as a
 mapping or as ASGI's raw list of ``(name, value)`` pairs (bytes or str).
+
+The tokens of a ``completed`` notification are read from every place Klarna
+is known to put them (see :func:`completion_tokens`): tolerant of where they
+sit, strict about what is found there.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import enum
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -26,20 +31,30 @@ from klarna_flow._shared.validation import check_aware
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "CompletionTokens",
     "Envelope",
     "Headers",
     "NotificationOutcome",
     "NotificationResult",
     "check_signing_keys",
+    "completion_tokens",
     "parse_envelope",
+    "reported_state",
     "verify_signature",
 ]
 
 MAX_BODY_BYTES = 1_048_576  # 1 MiB, the limit Klarna applies to its own API
-COMPLETED = "payment.request.state-change.completed"
-EXPIRED = "payment.request.state-change.expired"
-CANCELED = "payment.request.state-change.canceled"
-KNOWN_TYPES = frozenset({COMPLETED, EXPIRED, CANCELED})
+_STATE_CHANGE = "payment.request.state-change."
+COMPLETED = _STATE_CHANGE + "completed"
+EXPIRED = _STATE_CHANGE + "expired"
+CANCELED = _STATE_CHANGE + "canceled"
+DECLINED = _STATE_CHANGE + "declined"
+SUBMITTED = _STATE_CHANGE + "submitted"
+IN_PROGRESS = _STATE_CHANGE + "in-progress"
+UPDATED = "payment.request.updated"
+#: Reports about an open payment request: recorded, the payment's state unchanged.
+REPORTED_TYPES = frozenset({SUBMITTED, IN_PROGRESS, UPDATED})
+KNOWN_TYPES = frozenset({COMPLETED, EXPIRED, CANCELED, DECLINED}) | REPORTED_TYPES
 KEY_ID_HEADER = "klarna-signing-key-id"
 SIGNATURE_HEADER = "klarna-signature"
 
@@ -111,15 +126,113 @@ class Envelope:
         value = self.payload.get("payment_request_id")
         return value if isinstance(value, str) else None
 
-    def token(self, *names: str) -> str | None:
-        """The first of ``names`` found in the payload or its ``state_context``."""
-        context = self.payload.get("state_context")
-        for source in (self.payload, context if isinstance(context, Mapping) else {}):
-            for name in names:
-                value = source.get(name)
-                if isinstance(value, str) and value:
-                    return value
-        return None
+
+# -- what a notification's payload says ---------------------------------------------
+
+_SESSION_TOKEN_NAMES = ("klarna_network_session_token", "payment_token")
+_CUSTOMER_TOKEN_NAMES = ("customer_token", "customer_token_id")
+_KLARNA_STATE = re.compile(r"[A-Z][A-Z_]{0,63}")
+
+
+@attrs.frozen
+class CompletionTokens:
+    """The tokens a ``completed`` notification carries (never shown in its repr)."""
+
+    session_token: str | None = attrs.field(repr=False)
+    customer_token: str | None = attrs.field(repr=False)
+
+
+def completion_tokens(payload: Mapping[str, Any]) -> CompletionTokens:
+    """The tokens of a completed payment request, wherever the payload holds them.
+
+    Looked up in the payload and in its ``state_context``: the session token as
+    ``klarna_network_session_token`` or the older ``payment_token``; the
+    customer token as ``klarna_customer.customer_token`` or
+    ``klarna_customer.customer_token_id``. ``null`` and ``""`` are taken as
+    absent; the same token in several places is one token. Other fields are
+    ignored. The tokens' shape is checked where they are recorded.
+
+    Raises:
+        MalformedNotification: a token that is not a string, a ``state_context``
+            or ``klarna_customer`` that is not an object, or two different
+            values for one token (the message names the place, never a value).
+    """
+    places = _places(payload)
+    customers = _customer_places(places)
+    return CompletionTokens(
+        session_token=_one("session token", _named(places, _SESSION_TOKEN_NAMES)),
+        customer_token=_one("customer token", _named(customers, _CUSTOMER_TOKEN_NAMES)),
+    )
+
+
+Places: TypeAlias = list[tuple[str, Mapping[str, Any]]]
+"""Objects of a payload, each with its path (``payload.state_context``...)."""
+
+
+def _places(payload: Mapping[str, Any]) -> Places:
+    """The payload and its ``state_context``, when it has one."""
+    context = _object(payload, "state_context", "payload")
+    return [("payload", payload)] + (
+        [] if context is None else [("payload.state_context", context)]
+    )
+
+
+def _customer_places(places: Places) -> Places:
+    """The ``klarna_customer`` objects of ``places``."""
+    found = []
+    for where, place in places:
+        customer = _object(place, "klarna_customer", where)
+        if customer is not None:
+            found.append((f"{where}.klarna_customer", customer))
+    return found
+
+
+def _named(places: Places, names: Sequence[str]) -> list[tuple[str, object]]:
+    """Each of ``names`` in each of ``places``: (path, value or None)."""
+    return [(f"{where}.{name}", place.get(name)) for where, place in places for name in names]
+
+
+def _object(parent: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any] | None:
+    """``parent[name]`` when it is an object, None when absent or null.
+
+    Raises:
+        MalformedNotification: it is something else.
+    """
+    value = parent.get(name)
+    if value is None or isinstance(value, Mapping):
+        return value
+    raise MalformedNotification(f"{where}.{name} is not an object")
+
+
+def _one(what: str, found: list[tuple[str, object]]) -> str | None:
+    """The one value of a token found under several names, or None.
+
+    Raises:
+        MalformedNotification: a value that is not a string, or two different values.
+    """
+    values = set()
+    for path, value in found:
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise MalformedNotification(f"{path} is not a string")
+        values.add(value)
+    if len(values) > 1:
+        raise MalformedNotification(f"the payload carries {len(values)} different {what}s")
+    return next(iter(values), None)
+
+
+def reported_state(event_type: str, payload: Mapping[str, Any]) -> str | None:
+    """The payment request's state at Klarna that a report names, if any.
+
+    A state change names it in its type (``...in-progress`` is ``IN_PROGRESS``);
+    ``payment.request.updated`` may carry it as the payload's ``state`` (kept
+    only when it looks like a state name: upper-case letters and ``_``).
+    """
+    if event_type.startswith(_STATE_CHANGE):
+        return event_type[len(_STATE_CHANGE) :].upper().replace("-", "_")
+    state = payload.get("state")
+    return state if isinstance(state, str) and _KLARNA_STATE.fullmatch(state) else None
 
 
 def check_signing_keys(keys: object) -> dict[str, bytes]:

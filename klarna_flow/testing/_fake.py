@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, TypeAlias
 from urllib.parse import unquote
 
 import httpx
@@ -60,6 +60,10 @@ __all__ = ["DEFAULT_PARTNER_ACCOUNT", "FakeKlarna"]
 
 DEFAULT_PARTNER_ACCOUNT = "krn:partner:global:account:test-partner"
 _LOST = frozenset({"drop", "timeout"})
+_OPEN = frozenset({"SUBMITTED", "IN_PROGRESS"})
+_TOKEN_PLACES = frozenset({"payload", "state_context"})
+#: Where a completion notification carries the tokens.
+TokensIn: TypeAlias = Literal["payload", "state_context"]
 _AUTHORIZE_PATH = re.compile(r"/v2/accounts/([^/]+)/payment/authorize")
 
 
@@ -125,17 +129,30 @@ class FakeKlarna(Authorizer):
             )
         return record.payment_request_id
 
-    def complete_payment_request(self, payment_request_id: str) -> CompletedRequest:
+    def complete_payment_request(
+        self, payment_request_id: str, *, tokens_in: TokensIn = "payload"
+    ) -> CompletedRequest:
         """The customer finishes: tokens are handed out as the flow says.
 
+        Args:
+            tokens_in: where the notification carries the tokens:
+                ``"payload"`` (the top level, as webhook consumers read them:
+                ``klarna_network_session_token``,
+                ``klarna_customer.customer_token``) or ``"state_context"``
+                (the same names inside the payload's ``state_context``, as the
+                payment request resource holds them).
+
         Raises:
-            InvalidInput: unknown id, or the request is no longer open.
+            InvalidInput: unknown id, the request is no longer open, or an
+                unknown ``tokens_in``.
         """
+        if tokens_in not in _TOKEN_PLACES:
+            raise InvalidInput("tokens_in", f"must be one of {sorted(_TOKEN_PLACES)}")
         with self._lock:
             record, previous = self._move(payment_request_id, "COMPLETED")
             record.completed_at = self.clock.now()
             record.session_token, record.customer_token = self._issue_tokens(record)
-            notification = self._state_change(record, previous)
+            notification = self._state_change(record, previous, tokens_in)
             return CompletedRequest(
                 payment_request_id=record.payment_request_id,
                 session_token=record.session_token,
@@ -165,6 +182,21 @@ class FakeKlarna(Authorizer):
         """Cancel an open (or completed, unauthorized) request; its token dies."""
         with self._lock:
             record, previous = self._move(payment_request_id, "CANCELED")
+            return self._state_change(record, previous)
+
+    def decline_payment_request(self, payment_request_id: str) -> SignedNotification:
+        """Klarna declines an open (``SUBMITTED`` or ``IN_PROGRESS``) request.
+
+        Raises:
+            InvalidInput: unknown id, or the request is not open.
+        """
+        with self._lock:
+            state = self._get(payment_request_id).state
+            if state not in _OPEN:
+                raise InvalidInput(
+                    "payment_request_id", f"a {state} payment request cannot become DECLINED"
+                )
+            record, previous = self._move(payment_request_id, "DECLINED")
             return self._state_change(record, previous)
 
     def state_of(self, payment_request_id: str) -> str:
@@ -203,7 +235,9 @@ class FakeKlarna(Authorizer):
             key_id=key_id,
         )
 
-    def _state_change(self, record: PaymentRequestRecord, previous: str) -> SignedNotification:
+    def _state_change(
+        self, record: PaymentRequestRecord, previous: str, tokens_in: TokensIn = "payload"
+    ) -> SignedNotification:
         payload: dict[str, Any] = {
             "payment_request_id": record.payment_request_id,
             "state": record.state,
@@ -212,10 +246,11 @@ class FakeKlarna(Authorizer):
             "currency": record.currency,
         }
         if record.state == "COMPLETED":
-            if record.session_token:
-                payload["klarna_network_session_token"] = record.session_token
-            if record.customer_token:
-                payload["customer_token"] = record.customer_token
+            tokens = _tokens(record)
+            if tokens_in == "payload":
+                payload.update(tokens)
+            elif tokens:
+                payload["state_context"] = tokens
         return self.notification(
             f"payment.request.state-change.{record.state.lower()}",
             payload,
@@ -334,6 +369,16 @@ class FakeKlarna(Authorizer):
         if kind in _LOST:
             raise _lost(kind, request)
         return response
+
+
+def _tokens(record: PaymentRequestRecord) -> dict[str, Any]:
+    """A completed request's tokens, named and nested as Klarna's notifications carry them."""
+    tokens: dict[str, Any] = {}
+    if record.session_token:
+        tokens["klarna_network_session_token"] = record.session_token
+    if record.customer_token:
+        tokens["klarna_customer"] = {"customer_token": record.customer_token}
+    return tokens
 
 
 def _lost(kind: str, request: httpx.Request) -> httpx.TransportError:

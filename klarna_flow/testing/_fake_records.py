@@ -37,12 +37,13 @@ def _masked_body(body: bytes) -> str:
 
 
 def _mask_tokens(value: Any, name: str = "") -> Any:
-    """``value`` with the strings under a ``*token`` name, or token KRNs, masked."""
+    """``value`` with strings under a ``*token`` or ``*token_id`` name, or token KRNs, masked."""
     if isinstance(value, dict):
         return {key: _mask_tokens(item, str(key)) for key, item in value.items()}
     if isinstance(value, list):
         return [_mask_tokens(item, name) for item in value]
-    if isinstance(value, str) and (name.lower().endswith("token") or "-token:" in value):
+    secret_name = name.lower().endswith(("token", "token_id"))
+    if isinstance(value, str) and (secret_name or "-token:" in value):
         return mask(value)
     return value
 

@@ -2,7 +2,8 @@
 
 ``handle_notification(body, headers)`` verifies the HMAC over the raw body,
 parses the envelope, deduplicates on ``event_id``, maps completed / expired /
-canceled to commands, counts unknown types, and never moves a payment
+canceled / declined to commands, records submitted / in-progress / updated
+without changing the state, counts unknown types, and never moves a payment
 backwards. Each test checks the answer (status code and outcome) and what was
 recorded (events and their ``cause``).
 """
@@ -16,7 +17,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import pytest
@@ -42,6 +43,12 @@ S = PaymentState
 COMPLETED = "payment.request.state-change.completed"
 EXPIRED = "payment.request.state-change.expired"
 CANCELED = "payment.request.state-change.canceled"
+DECLINED = "payment.request.state-change.declined"
+SUBMITTED = "payment.request.state-change.submitted"
+IN_PROGRESS = "payment.request.state-change.in-progress"
+UPDATED = "payment.request.updated"
+REPORTS = [SUBMITTED, IN_PROGRESS, UPDATED]
+CUSTOMER_TOKEN = "krn:payment:eu1:customer-token:hand-0001"
 LATE_TOKEN = "krn:payment:eu1:klarna-network-session-token:late-0001"
 DURABLE = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres])]
 
@@ -73,7 +80,13 @@ def completion(kit: Kit, created: Created, **payload: Any) -> SignedNotification
     return kit.fake.notification(COMPLETED, body)
 
 
-# -- the three mapped event types -------------------------------------------------
+def unsealed(kit: Kit, payment_id: UUID, field: str) -> str | None:
+    """The token the payment holds in ``field``, in clear (None when it holds none)."""
+    sealed = getattr(kit.payments.get(payment_id), field)
+    return None if sealed is None else kit.payments._store.unseal(payment_id, field, sealed)
+
+
+# -- the mapped event types -------------------------------------------------------
 
 
 def test_completed_records_the_completion_caused_by_the_notification(kit: Kit) -> None:
@@ -117,6 +130,155 @@ def test_the_older_token_name_and_nested_state_context_are_understood(kit: Kit, 
     ) == (LATE_TOKEN)
 
 
+@pytest.mark.parametrize("tokens_in", ["payload", "state_context"])
+@pytest.mark.parametrize("flow", [Flow.TOKENIZATION, Flow.AUTHORIZATION_AND_TOKENIZATION])
+def test_a_tokenizing_completion_keeps_the_customer_token_where_klarna_puts_it(
+    kit: Kit, flow: Flow, tokens_in: Literal["payload", "state_context"]
+) -> None:
+    created = kit.create(flow)
+    done = kit.fake.complete_payment_request(created.payment_request_id, tokens_in=tokens_in)
+    payload = done.notification.json()["payload"]
+    place = payload if tokens_in == "payload" else payload["state_context"]
+    assert place["klarna_customer"] == {"customer_token": done.customer_token}
+    assert ("klarna_network_session_token" in place) is flow.authorizes
+
+    result = deliver(kit, done.notification)
+
+    assert answer(result) == (200, "applied")
+    assert kit.payments.get(created.payment_id).state is S.COMPLETED
+    assert unsealed(kit, created.payment_id, "customer_token") == done.customer_token
+    assert unsealed(kit, created.payment_id, "session_token") == done.session_token
+    trail = kit.payments.audit_trail(created.payment_id)
+    shown = json.dumps([entry.as_dict() for entry in trail]) + repr(trail)
+    for token in filter(None, (done.session_token, done.customer_token)):
+        assert token not in shown
+    assert trail[-1].details["customer_token"].startswith("****")
+
+
+# Every place klarna-api.md section 4 lists, and the inner names one demo uses.
+TOKEN_PLACES: dict[str, tuple[Flow, dict[str, Any]]] = {
+    "session-top": (Flow.AUTHORIZATION, {"klarna_network_session_token": LATE_TOKEN}),
+    "session-in-context": (
+        Flow.AUTHORIZATION,
+        {"state_context": {"klarna_network_session_token": LATE_TOKEN}},
+    ),
+    "legacy-top": (Flow.AUTHORIZATION, {"payment_token": LATE_TOKEN}),
+    "legacy-in-context": (Flow.AUTHORIZATION, {"state_context": {"payment_token": LATE_TOKEN}}),
+    "customer-top": (Flow.TOKENIZATION, {"klarna_customer": {"customer_token": CUSTOMER_TOKEN}}),
+    "customer-id-top": (
+        Flow.TOKENIZATION,
+        {"klarna_customer": {"customer_token_id": CUSTOMER_TOKEN}},
+    ),
+    "customer-in-context": (
+        Flow.TOKENIZATION,
+        {"state_context": {"klarna_customer": {"customer_token": CUSTOMER_TOKEN}}},
+    ),
+    "customer-id-in-context": (
+        Flow.TOKENIZATION,
+        {"state_context": {"klarna_customer": {"customer_token_id": CUSTOMER_TOKEN}}},
+    ),
+    "both-split": (
+        Flow.AUTHORIZATION_AND_TOKENIZATION,
+        {
+            "payment_token": LATE_TOKEN,
+            "state_context": {"klarna_customer": {"customer_token_id": CUSTOMER_TOKEN}},
+        },
+    ),
+    "same-token-twice": (
+        Flow.AUTHORIZATION_AND_TOKENIZATION,
+        {
+            "klarna_network_session_token": LATE_TOKEN,
+            "klarna_customer": {"customer_token": CUSTOMER_TOKEN, "customer_token_id": None},
+            "state_context": {
+                "klarna_network_session_token": LATE_TOKEN,
+                "klarna_customer": {"customer_token": CUSTOMER_TOKEN},
+            },
+        },
+    ),
+    "nulls-and-unknown-fields": (
+        Flow.TOKENIZATION,
+        {
+            "klarna_network_session_token": None,
+            "payment_token": "",
+            "klarna_customer": {
+                "customer_token": CUSTOMER_TOKEN,
+                "customer_token_reference": "partner-ref-1",
+                "scopes": ["payment:customer_not_present"],
+            },
+            "state_context": {
+                "customer_interaction": {"method": "HANDOVER"},
+                "klarna_customer": None,
+            },
+            "something_new": {"nested": [1, 2]},
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("place", list(TOKEN_PLACES))
+def test_tokens_are_read_wherever_klarna_puts_them(kit: Kit, place: str) -> None:
+    flow, tokens = TOKEN_PLACES[place]
+    created = kit.create(flow)
+
+    result = deliver(kit, completion(kit, created, **tokens))
+
+    assert answer(result) == (200, "applied")
+    assert kit.payments.get(created.payment_id).state is S.COMPLETED
+    expected_session = LATE_TOKEN if flow.authorizes else None
+    expected_customer = CUSTOMER_TOKEN if flow.tokenizes else None
+    assert unsealed(kit, created.payment_id, "session_token") == expected_session
+    assert unsealed(kit, created.payment_id, "customer_token") == expected_customer
+
+
+OTHER_TOKEN = "krn:payment:eu1:klarna-network-session-token:other-0002"
+UNUSABLE_TOKENS: dict[str, tuple[Flow, dict[str, Any]]] = {
+    "session-not-text": (Flow.AUTHORIZATION, {"klarna_network_session_token": 12345}),
+    "legacy-in-context-not-text": (
+        Flow.AUTHORIZATION,
+        {"state_context": {"payment_token": ["x"]}},
+    ),
+    "session-not-a-krn": (
+        Flow.AUTHORIZATION,
+        {"state_context": {"klarna_network_session_token": "not a krn"}},
+    ),
+    "two-session-tokens": (
+        Flow.AUTHORIZATION,
+        {
+            "klarna_network_session_token": LATE_TOKEN,
+            "state_context": {"klarna_network_session_token": OTHER_TOKEN},
+        },
+    ),
+    "customer-token-not-a-krn": (
+        Flow.TOKENIZATION,
+        {"klarna_customer": {"customer_token_id": "not a krn"}},
+    ),
+    "customer-token-not-text": (Flow.TOKENIZATION, {"klarna_customer": {"customer_token": 7}}),
+    "klarna-customer-not-an-object": (Flow.TOKENIZATION, {"klarna_customer": "not a krn"}),
+    "state-context-not-an-object": (Flow.TOKENIZATION, {"state_context": ["not a krn"]}),
+    "two-customer-tokens": (
+        Flow.TOKENIZATION,
+        {
+            "klarna_customer": {"customer_token": CUSTOMER_TOKEN},
+            "state_context": {"klarna_customer": {"customer_token": OTHER_TOKEN}},
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE_TOKENS))
+def test_a_token_present_but_unusable_is_answered_400(kit: Kit, case: str) -> None:
+    flow, tokens = UNUSABLE_TOKENS[case]
+    created = kit.create(flow)
+
+    result = deliver(kit, completion(kit, created, **tokens))
+
+    assert answer(result) == (400, "rejected")  # stays visible at Klarna, retried
+    assert result.payment_id == created.payment_id
+    for secret in ("not a krn", LATE_TOKEN, OTHER_TOKEN, CUSTOMER_TOKEN, "12345"):
+        assert secret not in result.detail
+    assert kit.names(created.payment_id) == ["PaymentCreated"]
+
+
 @pytest.mark.parametrize("completed_first", [False, True], ids=["created", "completed"])
 def test_expired_expires_the_payment(kit: Kit, completed_first: bool) -> None:
     created = kit.completed() if completed_first else kit.create()
@@ -144,6 +306,92 @@ def test_canceled_cancels_the_payment(kit: Kit, completed_first: bool) -> None:
     last = kit.events(created.payment_id)[-1]
     assert isinstance(last, Payment.PaymentCanceled)
     assert last.cause == f"notification:{notification.event_id}"
+
+
+def test_declined_declines_a_created_payment(kit: Kit) -> None:
+    created = kit.create()
+    notification = kit.fake.decline_payment_request(created.payment_request_id)
+    assert notification.json()["payload"]["state"] == "DECLINED"
+
+    result = deliver(kit, notification)
+
+    assert answer(result) == (200, "applied")
+    assert result.payment_id == created.payment_id
+    payment = kit.payments.get(created.payment_id)
+    assert (payment.state, payment.decline_reason) == (S.DECLINED, "PAYMENT_REQUEST_DECLINED")
+    last = kit.events(created.payment_id)[-1]
+    assert isinstance(last, Payment.PaymentRequestDeclined)
+    assert last.cause == f"notification:{notification.event_id}"
+    entry = kit.payments.audit_trail(created.payment_id)[-1]
+    assert (entry.event, entry.state_before, entry.state_after) == (
+        "PaymentRequestDeclined",
+        S.CREATED,
+        S.DECLINED,
+    )
+    assert kit.payments.counts_by_state() == {"DECLINED": 1}
+    kit.clock.advance(timedelta(days=2))
+    assert kit.payments.expire_overdue() == []  # final: the sweep leaves it alone
+    assert answer(deliver(kit, notification)) == (200, "duplicate")
+
+
+def test_the_fake_declines_only_an_open_payment_request(kit: Kit) -> None:
+    created = kit.completed()
+
+    with pytest.raises(InvalidInput, match="COMPLETED payment request cannot become DECLINED"):
+        kit.fake.decline_payment_request(created.payment_request_id)
+
+    assert kit.fake.state_of(created.payment_request_id) == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload", "klarna_state"),
+    [
+        (SUBMITTED, {"state": "SUBMITTED"}, "SUBMITTED"),
+        (IN_PROGRESS, {"state": "IN_PROGRESS", "previous_state": "SUBMITTED"}, "IN_PROGRESS"),
+        (UPDATED, {"state": "SUBMITTED", "amount": AMOUNT}, "SUBMITTED"),
+        (UPDATED, {"state": "not a state"}, None),
+        (UPDATED, {}, None),
+    ],
+)
+def test_reports_on_an_open_request_are_recorded_without_changing_the_state(
+    kit: Kit, event_type: str, payload: dict[str, Any], klarna_state: str | None
+) -> None:
+    created = kit.create()
+    deadline = kit.payments.get(created.payment_id).deadline
+    report = kit.fake.notification(
+        event_type, {"payment_request_id": created.payment_request_id, **payload}
+    )
+
+    result = deliver(kit, report)
+
+    assert answer(result) == (200, "applied")
+    payment = kit.payments.get(created.payment_id)
+    assert (payment.state, payment.deadline) == (S.CREATED, deadline)
+    last = kit.events(created.payment_id)[-1]
+    assert isinstance(last, Payment.PaymentRequestReported)
+    assert (last.event_type, last.klarna_state) == (event_type, klarna_state)
+    assert last.cause == f"notification:{report.event_id}"
+    entry = kit.payments.audit_trail(created.payment_id)[-1]
+    assert (entry.state_before, entry.state_after) == (S.CREATED, None)
+    assert kit.payments.counts_by_state() == {"CREATED": 1}
+    assert answer(deliver(kit, report)) == (200, "duplicate")
+    kit.complete(created)  # the journey goes on
+    assert kit.payments.get(created.payment_id).state is S.COMPLETED
+
+
+@pytest.mark.parametrize("event_type", [DECLINED, *REPORTS])
+def test_a_late_decline_or_report_never_moves_a_completed_payment(
+    kit: Kit, event_type: str
+) -> None:
+    created = kit.completed()
+    events = kit.names(created.payment_id)
+    payload = {"payment_request_id": created.payment_request_id, "state": "IN_PROGRESS"}
+
+    result = deliver(kit, kit.fake.notification(event_type, payload))
+
+    assert answer(result) == (200, "ignored")
+    assert kit.payments.get(created.payment_id).state is S.COMPLETED
+    assert kit.names(created.payment_id) == events
 
 
 # -- never backwards, never twice -------------------------------------------------
@@ -199,7 +447,7 @@ def test_a_second_completion_with_another_event_id_is_ignored(kit: Kit) -> None:
     assert kit.names(created.payment_id) == events
 
 
-@pytest.mark.parametrize("event_type", [EXPIRED, CANCELED, COMPLETED])
+@pytest.mark.parametrize("event_type", [EXPIRED, CANCELED, COMPLETED, DECLINED, *REPORTS])
 def test_events_for_an_authorizing_or_authorized_payment_are_ignored(
     kit: Kit, event_type: str
 ) -> None:
@@ -336,7 +584,11 @@ def test_a_duplicate_that_loses_the_race_is_answered_as_a_duplicate(
 
 @pytest.mark.parametrize(
     "event_type",
-    ["payment.request.state-change.in-progress", "payment.transaction.state-change.captured"],
+    [
+        "payments.v2.request.state-change.in-progress",
+        "payment.transaction.state-change.captured",
+        "payment.request.state-change.prepared",
+    ],
 )
 def test_an_unknown_event_type_is_acknowledged_and_counted(kit: Kit, event_type: str) -> None:
     created = kit.create()
@@ -545,7 +797,7 @@ def test_counts_add_up(kit: Kit) -> None:
     deliver(kit, done.notification)
     deliver(kit, done.notification)
     kit.payments.handle_notification(b"{}", {})
-    deliver(kit, kit.fake.notification("payment.request.state-change.submitted", {}))
+    deliver(kit, kit.fake.notification("payment.transaction.state-change.captured", {}))
 
     assert dict(kit.payments.notification_counts) == {
         "applied": 1,
