@@ -38,8 +38,17 @@ from klarna_flow._domain.payment import EVENT_STATES, Payment
 from klarna_flow._domain.sealed import PLAINTEXT_KEY_ID, SealedSecret
 from klarna_flow._errors import ConfigurationError, InvalidInput, PaymentNotFound, StorageError
 from klarna_flow._shared.secrets import MASK, mask
-from klarna_flow._store.chain import DIGEST_SIZE, genesis
+from klarna_flow._store.chain import genesis
 from klarna_flow._store.cipher import TokenCipher
+from klarna_flow._store.codec import (
+    SEALED_SECRET,
+    UUID_HEX,
+    event_name,
+    fields,
+    instant,
+    sealed_key_id,
+    transcoded,
+)
 from klarna_flow._store.locations import (
     is_postgres_url,
     postgres_env,
@@ -129,14 +138,14 @@ def read_entry(
         StorageError: the record is not readable JSON (``verify`` says more).
     """
     try:
-        fields = json.loads(bytes(state[DIGEST_SIZE:]))
-        recorded_at = datetime.fromisoformat(_data(fields["timestamp"]))
+        payload = fields(state)
+        recorded_at = instant(payload["timestamp"])
     except (TypeError, ValueError, KeyError) as e:
         msg = f"stored event {version} of payment {payment_id} is unreadable; run verify"
         raise StorageError(msg) from e
-    name = topic[max(topic.rfind("."), topic.rfind(":")) + 1 :]
-    kind, _, cause = str(fields.get("cause") or "").partition(":")
-    correlation_id = fields.get("correlation_id")
+    name = event_name(topic)
+    kind, _, cause = str(payload.get("cause") or "").partition(":")
+    correlation_id = payload.get("correlation_id")
     return AuditEntry(
         payment_id=payment_id,
         version=version,
@@ -148,13 +157,9 @@ def read_entry(
         cause=cause if cause else kind,
         correlation_id=correlation_id if isinstance(correlation_id, str) else None,
         details={
-            k: _plain(v, secret=_is_secret(k)) for k, v in fields.items() if k not in _OWN_FIELDS
+            k: _plain(v, secret=_is_secret(k)) for k, v in payload.items() if k not in _OWN_FIELDS
         },
     )
-
-
-def _data(value: Any) -> Any:
-    return value["_data_"] if isinstance(value, dict) else value
 
 
 def _is_secret(name: str) -> bool:
@@ -164,8 +169,9 @@ def _is_secret(name: str) -> bool:
 def _plain(value: Any, *, secret: bool) -> Any:
     """A transcoded JSON value made plain and safe to show."""
     if isinstance(value, dict):
-        if "_type_" in value and "_data_" in value:
-            return _typed(str(value["_type_"]), value["_data_"], secret=secret)
+        typed = transcoded(value)
+        if typed is not None:
+            return _typed(*typed, secret=secret)
         return {str(k): _plain(v, secret=secret or _is_secret(str(k))) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v, secret=secret) for v in value]
@@ -177,12 +183,12 @@ def _plain(value: Any, *, secret: bool) -> Any:
 
 
 def _typed(kind: str, data: Any, *, secret: bool) -> Any:
-    if kind == "sealed_secret":
-        key = data.get("k") if isinstance(data, dict) else None
+    if kind == SEALED_SECRET:
+        key = sealed_key_id(data)
         if key == PLAINTEXT_KEY_ID:
             return f"{MASK} (stored unencrypted)"
-        return f"{MASK} (key {key})" if isinstance(key, str) else MASK
-    if kind == "uuid_hex" and isinstance(data, str) and not secret:
+        return MASK if key is None else f"{MASK} (key {key})"
+    if kind == UUID_HEX and isinstance(data, str) and not secret:
         return str(UUID(data))
     return _plain(data, secret=secret)
 
@@ -196,7 +202,7 @@ def sealed_view(value: SealedSecret | None) -> str | None:
     """How a sealed token is shown: the key that sealed it, never the token."""
     if value is None:
         return None
-    return str(_typed("sealed_secret", {"k": value.key_id}, secret=True))
+    return str(_typed(SEALED_SECRET, {"k": value.key_id}, secret=True))
 
 
 # -- trails and exports ------------------------------------------------------------

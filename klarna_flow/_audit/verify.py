@@ -1,7 +1,8 @@
 """Verifying the hash chain of stored events: tamper evidence with no key.
 
 Each stored record is ``digest || payload`` with ``digest = link(previous
-digest, payment id, version, topic, payload)`` (see :mod:`klarna_flow._store.chain`).
+digest, payment id, version, topic, payload)`` (see :mod:`klarna_flow._store.chain`;
+the format is read through :mod:`klarna_flow._store.codec`).
 Verification recomputes every link over the bytes as stored, never decoding an
 event, and names the first payment and version that does not check out:
 
@@ -26,7 +27,6 @@ catch a deleted tail without relying on any read model having caught up.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 from uuid import UUID
@@ -35,7 +35,7 @@ import attrs
 from eventsourcing.persistence import ApplicationRecorder
 
 from klarna_flow._errors import PaymentNotFound
-from klarna_flow._store.chain import DIGEST_SIZE, link, split
+from klarna_flow._store.codec import has_digest, linked_digest
 from klarna_flow._store.heads import HeadsRecorder, known_heads
 from klarna_flow._store.projections import Progress
 from klarna_flow._store.read_models import ReadModelStore, as_uuid
@@ -135,7 +135,7 @@ def check_records(
     for position, record in enumerate(records):
         expected = position + 1
         state = record.state
-        if not isinstance(state, bytes) or len(state) < DIGEST_SIZE:
+        if not has_digest(state):
             return Finding(payment_id, expected, "unreadable", "stored state holds no digest")
         if record.originator_version != expected:
             return Finding(
@@ -144,8 +144,8 @@ def check_records(
                 "missing",
                 f"version {expected} is not stored (next is {record.originator_version})",
             )
-        digest, payload = split(state)
-        if link(previous, payment_id, expected, record.topic, payload) != digest:
+        digest = linked_digest(previous, payment_id, expected, record.topic, state)
+        if digest is None:
             return _mismatch(payment_id, expected, previous, records[position + 1 :])
         previous = digest
     if indexed_version is not None and indexed_version > len(records):
@@ -161,10 +161,9 @@ def check_records(
 
 def _mismatch(payment_id: UUID, version: int, previous: bytes, later: Sequence[_Record]) -> Finding:
     for record in later:
-        if not isinstance(record.state, bytes) or len(record.state) < DIGEST_SIZE:
+        if not has_digest(record.state):
             continue
-        digest, payload = split(record.state)
-        if link(previous, payment_id, version, record.topic, payload) == digest:
+        if linked_digest(previous, payment_id, version, record.topic, record.state) is not None:
             return Finding(
                 payment_id,
                 version,
@@ -268,17 +267,16 @@ class _Walk:
         self.bad: set[int] = set()
         self.findings: list[Finding] = []
         self.events = 0
-        self._topics: dict[str, bytes] = {}
 
     def page(self, page: Sequence[Any]) -> None:
-        heads, settled, topics = self.heads, self.settled, self._topics
+        heads, settled = self.heads, self.settled
         genesis = self.verifier.genesis
-        sha256 = hashlib.sha256
         for n in page:
+            oid = n.originator_id
             try:
-                key = n.originator_id.int
+                key = oid.int
             except AttributeError:  # not a UUID: the recheck says what
-                self._recheck(as_uuid(n.originator_id))
+                self._recheck(as_uuid(oid))
                 continue
             if key in settled:
                 continue
@@ -289,25 +287,14 @@ class _Walk:
             else:
                 in_order, previous = version == head[0] + 1, head[1]
             if in_order:
-                topic = topics.get(n.topic)
-                if topic is None:
-                    topic = topics[n.topic] = n.topic.encode() + b"\x00"
-                state = n.state
-                try:  # link() inlined: this loop is the cost of verifying
-                    h = sha256(
-                        previous
-                        + key.to_bytes(16, "big")
-                        + version.to_bytes(8, "big", signed=True)
-                        + topic
-                    )
-                    h.update(memoryview(state)[DIGEST_SIZE:])
-                    digest = state[:DIGEST_SIZE]
-                    if h.digest() == digest:
-                        heads[key] = (version, digest)
-                        continue
-                except TypeError:
-                    pass  # the state is not bytes: the recheck says what
-            self._recheck(n.originator_id)
+                try:
+                    digest = linked_digest(previous, oid, version, n.topic, n.state)
+                except TypeError:  # the state is not bytes: the recheck says what
+                    digest = None
+                if digest is not None:
+                    heads[key] = (version, digest)
+                    continue
+            self._recheck(oid)
         self.events += len(page)
 
     def _recheck(self, payment_id: UUID) -> None:
