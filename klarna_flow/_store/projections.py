@@ -3,25 +3,27 @@
 :class:`PaymentIndex` follows the notification log in order and keeps one row
 per payment (state, flow, deadlines, version), from which the expiry sweep,
 reconcile and the state counts are answered without scanning payments. It
-reads each stored record's payload as JSON directly: the row needs a handful
-of fields, and skipping full event decoding keeps replays close to the raw
-read rate. Updates are tracked (see :mod:`klarna_flow._store.read_models`), so each
-event is applied exactly once, whichever worker applies it.
+reads stored records through :mod:`klarna_flow._store.codec`, never decoding
+a whole event: the row needs a handful of fields. Catching up applies
+:func:`project` event by event (payloads read as JSON); a rebuild folds the
+whole log first and reads each row's fields once, in place, which keeps it
+close to the raw read rate. ``tests/test_store_codec.py`` keeps the two equal.
+Updates are tracked (see :mod:`klarna_flow._store.read_models`), so each event
+is applied exactly once, whichever worker applies it.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from klarna_flow._domain.lifecycle import AUTHORIZATION_WINDOW
-from klarna_flow._domain.payment import EVENT_STATES
-from klarna_flow._store.chain import DIGEST_SIZE
+from klarna_flow._domain.payment import EVENT_STATES, Payment
+from klarna_flow._store.codec import event_name, fields, seconds, seconds_field, text_field
 from klarna_flow._store.read_models import IndexRow, ReadModelStore, RowValues, SQLIndex, as_uuid
 
 __all__ = ["PaymentIndex"]
@@ -29,21 +31,8 @@ __all__ = ["PaymentIndex"]
 _WINDOW = AUTHORIZATION_WINDOW.total_seconds()
 # The state each event leaves a payment in, as the read model stores it.
 _STATE_OF = {name: state.value for name, state in EVENT_STATES.items() if state is not None}
-# Events whose payload holds nothing the index keeps but their time (and no
-# payment_request_id): their rows are updated from the timestamp alone.
-_TIME_ONLY = frozenset(
-    {
-        "AuthorizationRequested",
-        "AuthorizationUnresolved",
-        "AuthorizationApproved",
-        "AuthorizationDeclined",
-        "AuthorizationFailed",
-        "PaymentExpired",
-        "PaymentCanceled",
-    }
-)
-# How eventsourcing's JSON transcoder writes an event's time, first in its payload.
-_TIMESTAMP = b'{"timestamp":{"_type_":"datetime_iso","_data_":"'
+# The payload fields a row is made of, besides the event's time.
+_ROW_FIELDS = frozenset({"flow", "payment_request_id", "request_expires_at", "completed_at"})
 _BATCH = 2000
 _CACHE_LIMIT = 200_000
 
@@ -52,32 +41,42 @@ LogRecord = tuple[int, Any, int, str, bytes]
 """(notification id, originator id, version, topic, stored state) of one record."""
 
 
-def _seconds(value: Any) -> float:
-    """POSIX seconds of a transcoded datetime (``{"_type_", "_data_"}``)."""
-    text = value["_data_"] if isinstance(value, dict) else value
-    return datetime.fromisoformat(text).timestamp()
+def _declared(event: type) -> frozenset[str]:
+    """The fields an event class declares, its own and inherited."""
+    return frozenset(
+        name for klass in event.__mro__ for name in vars(klass).get("__annotations__", {})
+    )
+
+
+def _kinds_declaring(names: Iterable[str]) -> frozenset[str]:
+    """The Payment events that declare any of ``names``."""
+    wanted = frozenset(names)
+    return frozenset(
+        name
+        for name, event in vars(Payment).items()
+        if isinstance(event, type)
+        and issubclass(event, Aggregate.Event)
+        and _declared(event) & wanted
+    )
+
+
+# Events read beyond their time, and those that may name the payment request:
+# taken from the event classes, so the two ways of making rows cannot disagree
+# on a new event.
+_READ_IN_FULL = _kinds_declaring(_ROW_FIELDS)
+_MAY_NAME_REQUEST = _kinds_declaring({"payment_request_id"})
 
 
 def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
     """The row after notification ``n``, given the row before it."""
-    kind = n.topic[n.topic.rfind(".") + 1 :]
+    kind = event_name(n.topic)
     if kind == "PaymentCreated":
-        fields = json.loads(n.state[DIGEST_SIZE:])
-        return IndexRow(
-            payment_id=as_uuid(n.originator_id),
-            state="CREATED",
-            flow=fields["flow"],
-            version=n.originator_version,
-            since=_seconds(fields["timestamp"]),
-            request_expires_at=_seconds(fields["request_expires_at"]),
-            authorize_by=None,
-            payment_request_id=fields.get("payment_request_id"),
-        )
+        return _created(n)
     if previous is None:  # events of a payment whose creation was not seen
         return None
     state = _STATE_OF.get(kind, previous.state)
-    if kind in _TIME_ONLY:  # most events: only the time is read, not the whole payload
-        since = previous.since if state == previous.state else _timestamp(n.state)
+    if kind not in _READ_IN_FULL:  # most events: only the time is read, not the whole payload
+        since = previous.since if state == previous.state else seconds_field(n.state, "timestamp")
         return IndexRow(
             previous.payment_id,
             state,
@@ -88,15 +87,33 @@ def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
             previous.authorize_by,
             previous.payment_request_id,
         )
-    fields = json.loads(n.state[DIGEST_SIZE:])
-    since = previous.since if state == previous.state else _seconds(fields["timestamp"])
+    return _read_in_full(previous, n, kind, state)
+
+
+def _created(n: Notification) -> IndexRow:
+    payload = fields(n.state)
+    return IndexRow(
+        payment_id=as_uuid(n.originator_id),
+        state="CREATED",
+        flow=payload["flow"],
+        version=n.originator_version,
+        since=seconds(payload["timestamp"]),
+        request_expires_at=seconds(payload["request_expires_at"]),
+        authorize_by=None,
+        payment_request_id=payload.get("payment_request_id"),
+    )
+
+
+def _read_in_full(previous: IndexRow, n: Notification, kind: str, state: str) -> IndexRow:
+    payload = fields(n.state)
+    since = previous.since if state == previous.state else seconds(payload["timestamp"])
     request_expires_at, authorize_by = previous.request_expires_at, previous.authorize_by
     if kind == "PurchaseCompleted" and previous.flow != "TOKENIZATION":
-        authorize_by = _seconds(fields["completed_at"]) + _WINDOW
+        authorize_by = seconds(payload["completed_at"]) + _WINDOW
     if kind == "StepUpRequired":
-        request_expires_at = _seconds(fields["request_expires_at"])
+        request_expires_at = seconds(payload["request_expires_at"])
         authorize_by = None
-    payment_request_id = fields.get("payment_request_id")
+    payment_request_id = payload.get("payment_request_id")
     return IndexRow(
         previous.payment_id,
         state,
@@ -107,16 +124,6 @@ def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
         authorize_by,
         previous.payment_request_id if payment_request_id is None else payment_request_id,
     )
-
-
-def _timestamp(stored: bytes) -> float:
-    """POSIX seconds of the event's time, which leads the payload as written."""
-    if stored.startswith(_TIMESTAMP, DIGEST_SIZE):
-        start = DIGEST_SIZE + len(_TIMESTAMP)
-        return datetime.fromisoformat(
-            stored[start : stored.index(b'"', start)].decode()
-        ).timestamp()
-    return _seconds(json.loads(stored[DIGEST_SIZE:])["timestamp"])
 
 
 class PaymentIndex:
@@ -198,119 +205,93 @@ class PaymentIndex:
         return fold.events + self.catch_up(progress=progress)
 
 
-_STEP_UP_OR_COMPLETED = frozenset({"PurchaseCompleted", "StepUpRequired"})
-_MAY_NAME_REQUEST = frozenset(
-    {"PaymentCreated", "PurchaseCompleted", "PaymentRequestIdentified", "StepUpRequired"}
-)
+class _Folded:
+    """One payment's records, as far as its row needs them."""
+
+    __slots__ = (
+        "changed",
+        "completed",
+        "created",
+        "naming",
+        "payment_id",
+        "renewed",
+        "state",
+        "version",
+    )
+
+    def __init__(self, payment_id: Any, created: bytes, version: int) -> None:
+        self.payment_id = payment_id  # as stored: a UUID or its text
+        self.created = created  # the flow and the first request lifetime
+        self.state = "CREATED"
+        self.version = version
+        self.changed = created  # the record that last changed the state: its time is `since`
+        self.completed: bytes | None = None  # the last completion, unless a step-up followed
+        self.renewed: bytes | None = None  # the last step-up: its request lifetime counts
+        self.naming = [created]  # records that may name the payment request, oldest first
+
+    def row(self) -> RowValues:
+        """The row, as folding :func:`project` over the same records makes it."""
+        flow = text_field(self.created, "flow")
+        request_expires_at = seconds_field(self.renewed or self.created, "request_expires_at")
+        authorize_by = None
+        if self.completed is not None and flow != "TOKENIZATION":
+            authorize_by = seconds_field(self.completed, "completed_at") + _WINDOW
+        return (
+            self.payment_id,
+            self.state,
+            flow,
+            self.version,
+            seconds_field(self.changed, "timestamp"),
+            request_expires_at,
+            authorize_by,
+            self._payment_request_id(),
+        )
+
+    def _payment_request_id(self) -> str | None:
+        for stored in reversed(self.naming):
+            request_id: str | None = text_field(stored, "payment_request_id")
+            if request_id is not None:
+                return request_id
+        return None
 
 
 class _Fold:
     """The whole log folded per payment, keeping only the records rows are made of.
 
-    Per payment: [created, state, version, last state change, last completion
-    or step-up, records that may name the payment request, last step-up]. Rows come out
-    equal to folding :func:`project` over the same records.
+    Reads no payload while folding: each row's few fields are read once, at
+    the end, from the records that last set them.
     """
 
     def __init__(self) -> None:
-        self._acc: dict[UUID | str, list[Any]] = {}
-        self._kinds: dict[str, str] = {}
+        self._acc: dict[UUID | str, _Folded] = {}
         self.events = 0
 
     def __len__(self) -> int:
         return len(self._acc)
 
     def add(self, batch: Sequence[LogRecord]) -> None:
-        acc, kinds, state_of = self._acc, self._kinds, _STATE_OF
-        for n in batch:
-            _, oid, version, topic, _ = n
-            kind = kinds.get(topic)
-            if kind is None:
-                kind = kinds[topic] = topic[topic.rfind(".") + 1 :]
+        acc, state_of = self._acc, _STATE_OF
+        read_in_full, naming = _READ_IN_FULL, _MAY_NAME_REQUEST
+        for _, oid, version, topic, stored in batch:
+            kind = event_name(topic)
             if kind == "PaymentCreated":
-                acc[oid] = [n, "CREATED", version, n, None, [n], None]
+                acc[oid] = _Folded(oid, stored, version)
                 continue
             a = acc.get(oid)
-            if a is None:
+            if a is None:  # events of a payment whose creation was not seen
                 continue
-            a[2] = version
+            a.version = version
             state = state_of.get(kind)
-            if state is not None and state != a[1]:
-                a[1], a[3] = state, n
-            if kind in _STEP_UP_OR_COMPLETED:
-                a[4] = n
-                if kind == "StepUpRequired":
-                    a[6] = n
-            if kind in _MAY_NAME_REQUEST:
-                a[5].append(n)
+            if state is not None and state != a.state:
+                a.state, a.changed = state, stored
+            if kind in read_in_full:  # the few events whose fields rows are made of
+                if kind in naming:
+                    a.naming.append(stored)
+                if kind == "PurchaseCompleted":
+                    a.completed = stored
+                elif kind == "StepUpRequired":
+                    a.completed, a.renewed = None, stored
         self.events += len(batch)
 
     def values(self) -> list[RowValues]:
-        return [_row(a) for a in self._acc.values()]
-
-
-def _row(a: list[Any]) -> RowValues:
-    created, state, version, change, last_cs, named, step_up = a
-    flow = _field(created[4], b"flow")
-    request_expires_at = _instant((step_up or created)[4], b"request_expires_at")
-    authorize_by = None
-    if last_cs is not None and last_cs is not step_up and flow != "TOKENIZATION":
-        authorize_by = _instant(last_cs[4], b"completed_at") + _WINDOW
-    request_id = None
-    for n in reversed(named):
-        request_id = _field(n[4], b"payment_request_id")
-        if request_id is not None:
-            break
-    return (
-        created[1],
-        state,
-        flow,
-        version,
-        _timestamp(change[4]),
-        request_expires_at,
-        authorize_by,
-        request_id,
-    )
-
-
-_DATETIME = b'{"_type_":"datetime_iso","_data_":"'
-
-
-def _key(key: bytes) -> bytes:
-    return b'"' + key + b'":'
-
-
-# The byte patterns rows are read by, built once.
-_KEYS = {k: _key(k) for k in (b"flow", b"payment_request_id")}
-_INSTANTS = {k: _key(k) + _DATETIME for k in (b"request_expires_at", b"completed_at")}
-
-
-def _field(stored: bytes, key: bytes) -> Any:
-    """A top-level string (or null) field of a stored payload, read in place.
-
-    JSON escapes every quote inside a string, so ``"key":`` can only match the
-    key itself; anything unexpected falls back to decoding the whole payload.
-    """
-    pattern = _KEYS.get(key) or _key(key)
-    at = stored.find(pattern, DIGEST_SIZE)
-    if at >= 0:
-        value = at + len(pattern)
-        if stored.startswith(b"null", value):
-            return None
-        if stored.startswith(b'"', value):
-            end = stored.find(b'"', value + 1)
-            if end > 0 and stored[end - 1] != 0x5C:  # no escaped quote to unpick
-                return stored[value + 1 : end].decode()
-    return json.loads(stored[DIGEST_SIZE:]).get(key.decode())
-
-
-def _instant(stored: bytes, key: bytes) -> float:
-    """POSIX seconds of a top-level datetime field, read in place."""
-    pattern = _INSTANTS.get(key) or _key(key) + _DATETIME
-    at = stored.find(pattern, DIGEST_SIZE)
-    if at >= 0:
-        value = at + len(pattern)
-        return datetime.fromisoformat(
-            stored[value : stored.index(b'"', value)].decode()
-        ).timestamp()
-    return _seconds(json.loads(stored[DIGEST_SIZE:])[key.decode()])
+        return [a.row() for a in self._acc.values()]
