@@ -4,7 +4,9 @@ The stored record of each event is ``digest || payload`` where::
 
     digest = SHA-256(previous digest || originator id || version || topic || 0 || payload)
 
-and the first event of a payment chains to a per-application genesis. The
+(:func:`~klarna_flow._store.codec.link`, with the rest of the stored format
+in :mod:`klarna_flow._store.codec`), and the first event of a payment chains
+to a per-application genesis. The
 digest covers the bytes as stored (secrets are already sealed there), so
 checking the chain needs no key and never decodes an event. Writing costs one
 hash per event; the previous digest comes from the load that preceded every
@@ -24,37 +26,16 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import AggregateRecorder, Mapper, StoredEvent
 
-__all__ = ["DIGEST_SIZE", "ChainedMapper", "genesis", "link", "split"]
+from klarna_flow._store.codec import link, split
 
-DIGEST_SIZE = 32
+__all__ = ["ChainedMapper", "genesis", "link"]
+
 _CACHE_LIMIT = 100_000
 
 
 def genesis(application_name: str) -> bytes:
     """The digest every payment's first event chains to."""
     return hashlib.sha256(b"klarna_flow genesis\x00" + application_name.encode()).digest()
-
-
-def _id_bytes(originator_id: UUID | str) -> bytes:
-    return originator_id.bytes if isinstance(originator_id, UUID) else originator_id.encode()
-
-
-def link(
-    previous: bytes, originator_id: UUID | str, version: int, topic: str, payload: bytes
-) -> bytes:
-    """The digest of one record, given the digest of the record before it."""
-    h = hashlib.sha256(previous)
-    h.update(_id_bytes(originator_id))
-    h.update(version.to_bytes(8, "big", signed=True))
-    h.update(topic.encode())
-    h.update(b"\x00")
-    h.update(payload)
-    return h.digest()
-
-
-def split(state: bytes) -> tuple[bytes, bytes]:
-    """(digest, payload) of a stored record's state."""
-    return state[:DIGEST_SIZE], state[DIGEST_SIZE:]
 
 
 class _Payload(StoredEvent):
@@ -86,10 +67,9 @@ class ChainedMapper(Mapper[UUID]):
         return StoredEvent(oid, version, plain.topic, digest + plain.state)
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        state = stored_event.state
-        oid = stored_event.originator_id
-        self._remember(oid, stored_event.originator_version, state[:DIGEST_SIZE])
-        return super().to_domain_event(_Payload(stored_event, state[DIGEST_SIZE:]))
+        digest, payload = split(stored_event.state)
+        self._remember(stored_event.originator_id, stored_event.originator_version, digest)
+        return super().to_domain_event(_Payload(stored_event, payload))
 
     def _unsaved(self) -> dict[UUID | str, tuple[int, bytes]]:
         heads: dict[UUID | str, tuple[int, bytes]] | None = getattr(self._local, "heads", None)
