@@ -14,6 +14,7 @@ from klarna_flow._errors import InvalidInput, NaiveDatetime
 
 __all__ = [
     "ISO_4217",
+    "TOKEN_MAX_LENGTH",
     "check_amount",
     "check_aware",
     "check_cause",
@@ -23,6 +24,7 @@ __all__ = [
     "check_positive_duration",
     "check_reference",
     "check_secret_krn",
+    "check_token",
 ]
 
 # Active ISO 4217 alphabetic codes (funds and precious metals excluded).
@@ -192,6 +194,12 @@ ISO_4217 = frozenset(
 _MAX_AMOUNT = 10**15
 _KRN = re.compile(r"krn:[\x21-\x7e]{1,1020}")
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
+# Session and customer tokens are opaque: Klarna says to forward them
+# "without parsing, decoding, or validating". Only what a header value needs
+# is checked: visible ASCII (no whitespace or control characters) and a
+# generous length cap against runaway input, far above any token seen so far.
+TOKEN_MAX_LENGTH = 8192
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def check_amount(amount: object, field: str = "amount") -> int:
@@ -257,6 +265,25 @@ def check_secret_krn(value: object, field: str) -> str:
     """Like :func:`check_krn` for a secret: the value never appears in the error."""
     if not isinstance(value, str) or not _KRN.fullmatch(value):
         raise InvalidInput(field, "must be a KRN ('krn:...', no whitespace, at most 1024 chars)")
+    return value
+
+
+def check_token(value: object, field: str) -> str:
+    """An opaque secret token, checked loosely: 1..8192 visible ASCII characters.
+
+    No prefix or structure is required (``krn:payment:eu1:...`` and
+    ``krn:network:us1:...`` both pass, as would a shape Klarna adopts later).
+    The value never appears in the error.
+    """
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= TOKEN_MAX_LENGTH
+        or not _TOKEN.fullmatch(value)
+    ):
+        raise InvalidInput(
+            field,
+            f"must be 1..{TOKEN_MAX_LENGTH} visible ASCII characters (no whitespace)",
+        )
     return value
 
 

@@ -57,12 +57,15 @@ class KlarnaClient(ClientBase[httpx.Client, httpx.BaseTransport]):
 
         Args:
             partner_account_id: the partner account KRN.
-            session_token: the ``klarna_network_session_token``.
+            session_token: the ``klarna_network_session_token``, opaque:
+                sent as given (1..8192 visible ASCII characters).
             currency: ISO 4217 code.
             amount: minor units, positive.
             reference: ``payment_transaction_reference``, 1..255 characters.
             idempotency_key: the same key for every try of this authorization.
-            correlation_id: sent as ``Partner-Correlation-Id``.
+            correlation_id: sent as ``Partner-Correlation-Id``, which Klarna
+                limits to 1..255 ASCII letters and digits: such a value is
+                sent as is, a UUID string as its hex (``uuid.hex``).
 
         Returns:
             The answer: approved (with its transaction), declined or step-up.

@@ -8,6 +8,8 @@ sleep.
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from urllib.parse import quote
 
 import attrs
@@ -21,7 +23,7 @@ from klarna_flow._shared.validation import (
     check_idempotency_key,
     check_krn,
     check_reference,
-    check_secret_krn,
+    check_token,
 )
 from klarna_flow.klarna._failures import api_error
 from klarna_flow.klarna._retry import Attempts
@@ -31,9 +33,19 @@ from klarna_flow.klarna._wire import (
     parse_authorization,
 )
 
-__all__ = ["AuthorizeCall", "Endpoint", "failed", "prepare", "received"]
+__all__ = [
+    "AuthorizeCall",
+    "Endpoint",
+    "failed",
+    "partner_correlation_id",
+    "prepare",
+    "received",
+]
 
 logger = logging.getLogger("klarna_flow.klarna")
+
+# Klarna documents Partner-Correlation-Id as "<= 255 characters ^[A-Za-z0-9]+$".
+_ALPHANUMERIC = re.compile(r"[A-Za-z0-9]{1,255}")
 
 
 def _masked(value: str) -> str:
@@ -87,13 +99,13 @@ def prepare(
         InvalidInput: a bad argument; the message never holds the token.
     """
     account = check_krn(partner_account_id, "partner_account_id")
-    token = check_secret_krn(session_token, "session_token")
+    token = check_token(session_token, "session_token")
     currency = check_currency(currency)
     amount = check_amount(amount)
     reference = check_reference(reference)
     key = _ascii(check_idempotency_key(idempotency_key), "idempotency_key")
     if correlation_id is not None:
-        correlation_id = _ascii(check_reference(correlation_id, "correlation_id"), "correlation_id")
+        correlation_id = partner_correlation_id(correlation_id)
     url = f"{endpoint.base_url}/v2/accounts/{quote(account, safe=':')}/payment/authorize"
     request = http.build_request(
         "POST",
@@ -113,6 +125,36 @@ def prepare(
         request=request,
         secrets=(token, endpoint.api_key),
     )
+
+
+def partner_correlation_id(value: object) -> str:
+    """The ``Partner-Correlation-Id`` to send for ``value``.
+
+    Klarna accepts only ASCII letters and digits, at most 255: such a value is
+    sent as is, and a UUID in its usual hyphenated form (as ``str(uuid)``
+    gives) is sent as its 32 hex digits.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if isinstance(value, str):
+        if _ALPHANUMERIC.fullmatch(value):
+            return value
+        as_uuid = _uuid_hex(value)
+        if as_uuid is not None:
+            return as_uuid
+    raise InvalidInput("correlation_id", "must be 1..255 ASCII letters and digits, or a UUID")
+
+
+def _uuid_hex(value: str) -> str | None:
+    """The hex of a UUID written ``8-4-4-4-12`` (any case), else None."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None
+    # uuid.UUID also reads braces, "urn:uuid:" and stray hyphens: only the
+    # canonical form is a UUID here, anything looser is a mistake to report.
+    return parsed.hex if str(parsed) == value.lower() else None
 
 
 def _ascii(value: str, field: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -83,6 +84,11 @@ class AuthorizationResponse:
     correlation_id: str | None
     status_code: int
     raw: Mapping[str, Any]
+
+
+# Digits of a fraction of a second past the sixth (microseconds, all that
+# datetime keeps): Klarna sends nanoseconds.
+_SUB_MICROSECOND = re.compile(r"(?<=[.,][0-9]{6})[0-9]+")
 
 
 class _ShapeError(ValueError):
@@ -216,12 +222,17 @@ def _int(data: Mapping[str, Any], name: str) -> int:
 
 
 def _instant(value: object) -> datetime | None:
+    """An RFC 3339 time with an offset, at any fractional precision, in UTC.
+
+    Digits past microseconds are cut, never rounded: ``.999999999`` stays in
+    its second. ``t`` and ``z`` may be lower case, as RFC 3339 allows.
+    """
     if value is None:
         return None
     if not isinstance(value, str):
         raise _ShapeError("expires_at is not a string")
     try:
-        instant = datetime.fromisoformat(value)
+        instant = datetime.fromisoformat(_SUB_MICROSECOND.sub("", value.upper()))
     except ValueError:
         raise _ShapeError("expires_at is not an ISO 8601 time") from None
     if instant.tzinfo is None or instant.utcoffset() is None:

@@ -23,7 +23,7 @@ EXPECTED_BODY = {
 def test_the_spec_example_is_sent_exactly(in_process: Caller, fake: FakeKlarna, token: str) -> None:
     authorize = in_process.client()
 
-    authorize(**in_process.args(token, idempotency_key="key-1", correlation_id="corr-1"))
+    authorize(**in_process.args(token, idempotency_key="key-1", correlation_id="corr1"))
 
     [sent] = fake.requests
     assert sent.method == "POST"
@@ -41,7 +41,7 @@ def test_the_spec_example_is_sent_exactly(in_process: Caller, fake: FakeKlarna, 
         "content-type": "application/json",
         "klarna-network-session-token": token,
         "klarna-idempotency-key": "key-1",
-        "partner-correlation-id": "corr-1",
+        "partner-correlation-id": "corr1",
         "user-agent": f"klarna-flow/{_version()}",
     }
     assert json.loads(sent.content) == EXPECTED_BODY
