@@ -27,8 +27,9 @@
         ├── KlarnaUnexpectedResponse               non-JSON body, unknown result, wrong shape
         └── KlarnaAPIError                         Klarna answered with an error envelope
             ├── KlarnaValidationError (ValueError) 400, 413
-            ├── KlarnaAuthenticationError          401, 403
+            ├── KlarnaAuthenticationError          401, 403 with Klarna's error object
             │   (PermissionError)
+            ├── KlarnaBlocked                      403 without it (DDoS protection)
             ├── KlarnaNotFound (LookupError)       404
             ├── KlarnaConflict                     409
             ├── KlarnaRateLimited                  429, with ``retry_after``
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidTransition",
     "KlarnaAPIError",
     "KlarnaAuthenticationError",
+    "KlarnaBlocked",
     "KlarnaConflict",
     "KlarnaError",
     "KlarnaFlowError",
@@ -275,7 +277,11 @@ class KlarnaAPIError(KlarnaError):
             ``TECHNICAL_ERROR``.
         error_id: Klarna's id for this error occurrence.
         error_message: Klarna's message (for logs, not for shoppers).
-        validation_errors: ``{"parameter", "reason"}`` mappings.
+        validation_errors: one mapping per problem, whichever shape Klarna
+            used: ``validation_errors[]`` as given (``parameter``, ``reason``);
+            ``errors[]`` as given (``parameter``, ``error_message``,
+            ``doc_url``) plus ``reason`` copied from ``error_message``; and
+            each string of the older ``error_messages[]`` as ``{"reason": text}``.
         body: the decoded error body, if it was JSON.
     """
 
@@ -312,7 +318,17 @@ class KlarnaValidationError(KlarnaAPIError, ValueError):
 
 
 class KlarnaAuthenticationError(KlarnaAPIError, PermissionError):
-    """401 ``UNAUTHORIZED`` or 403 ``OPERATION_FORBIDDEN``."""
+    """401 ``UNAUTHORIZED``, or 403 (``OPERATION_FORBIDDEN``) with Klarna's error object."""
+
+
+class KlarnaBlocked(KlarnaAPIError):
+    """403 without Klarna's error object: Klarna's DDoS protection refused the request.
+
+    The API never saw the request, so this is not an authentication failure
+    (a 403 ``OPERATION_FORBIDDEN`` with its error object is
+    :class:`KlarnaAuthenticationError`). Never retried: Klarna's documentation
+    says nothing of retrying it, so the caller decides when to come back.
+    """
 
 
 class KlarnaNotFound(KlarnaAPIError, LookupError):
@@ -327,7 +343,8 @@ class KlarnaRateLimited(KlarnaAPIError):
     """429 ``RATE_LIMITED``.
 
     Attributes:
-        retry_after: seconds Klarna asked to wait, when it said.
+        retry_after: seconds Klarna asked to wait, when it said, from
+            ``Retry-After`` or ``X-Ratelimit-Reset`` (the longer if both).
     """
 
     def __init__(self, *, retry_after: float | None = None, **kwargs: Any) -> None:

@@ -34,6 +34,7 @@ EXPORTED = [
     "InvalidTransition",
     "KlarnaAPIError",
     "KlarnaAuthenticationError",
+    "KlarnaBlocked",
     "KlarnaClient",
     "KlarnaConflict",
     "KlarnaError",

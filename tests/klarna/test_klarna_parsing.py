@@ -12,6 +12,7 @@ import pytest
 from klarna_flow import (
     KlarnaAPIError,
     KlarnaAuthenticationError,
+    KlarnaBlocked,
     KlarnaConflict,
     KlarnaNotFound,
     KlarnaRateLimited,
@@ -22,7 +23,12 @@ from klarna_flow import (
     KlarnaValidationError,
 )
 from klarna_flow.klarna import AuthorizationResult
-from klarna_flow.klarna._failures import api_error, parse_retry_after, transport_error
+from klarna_flow.klarna._failures import (
+    api_error,
+    parse_ratelimit_reset,
+    parse_retry_after,
+    transport_error,
+)
 from klarna_flow.klarna._wire import parse_authorization
 
 APPROVED: dict[str, Any] = {
@@ -138,6 +144,54 @@ def test_status_maps_to_its_error_class(status: int, error_class: type[Exception
     assert error.correlation_id == "cid"
 
 
+def test_all_three_problem_shapes_are_read_together() -> None:
+    body = {
+        "validation_errors": [{"parameter": "currency", "reason": "unknown"}],
+        "errors": [
+            {"parameter": "amount", "error_message": "too big", "doc_url": "https://d/"},
+            {"parameter": "x", "reason": "kept", "error_message": "not copied"},
+            "junk",
+        ],
+        "error_messages": ["older text", 7],
+    }
+
+    error = api_error(400, {}, encode(body))
+
+    assert isinstance(error, KlarnaAPIError)
+    assert error.validation_errors == (
+        {"parameter": "currency", "reason": "unknown"},
+        {
+            "parameter": "amount",
+            "error_message": "too big",
+            "doc_url": "https://d/",
+            "reason": "too big",
+        },
+        {"parameter": "x", "reason": "kept", "error_message": "not copied"},
+        {"reason": "older text"},
+    )
+    assert error.error_message == "older text"
+
+
+@pytest.mark.parametrize(
+    ("body", "error_class"),
+    [
+        (b"", KlarnaBlocked),
+        (b"Forbidden", KlarnaBlocked),
+        (b'{"message": "blocked"}', KlarnaBlocked),
+        (b'{"error_code": "OPERATION_FORBIDDEN"}', KlarnaAuthenticationError),
+        (b'{"error_messages": ["forbidden"]}', KlarnaAuthenticationError),
+        (b'{"errors": []}', KlarnaAuthenticationError),
+    ],
+)
+def test_403_is_blocked_unless_it_carries_an_error_object(
+    body: bytes, error_class: type[Exception]
+) -> None:
+    error = api_error(403, {}, body)
+
+    assert type(error) is error_class
+    assert error.may_have_acted is False
+
+
 @pytest.mark.parametrize("status", [100, 204, 302, 600])
 def test_status_outside_errors_is_unexpected(status: int) -> None:
     error = api_error(status, {}, b"")
@@ -183,6 +237,45 @@ def test_retry_after_reads_seconds_and_http_dates(
     header: str | None, seconds: float | None
 ) -> None:
     assert parse_retry_after(header, NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None),
+        ("3", 3.0),
+        (" 0.25 ", 0.25),
+        ("-4", 0.0),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        (str(NOW.timestamp() + 30), 30.0),  # a Unix time
+        (str(int(NOW.timestamp()) - 30), 0.0),  # a Unix time gone by
+        ("999999999", 999999999.0),  # just under the Unix-time reading: seconds
+    ],
+)
+def test_ratelimit_reset_reads_seconds_and_unix_times(
+    header: str | None, seconds: float | None
+) -> None:
+    assert parse_ratelimit_reset(header, NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"X-Ratelimit-Reset": "4"}, 4.0),
+        ({"Retry-After": "2", "X-Ratelimit-Reset": "4"}, 4.0),
+        ({"Retry-After": "5", "X-Ratelimit-Reset": "4"}, 5.0),
+        ({"Retry-After": "soon", "X-Ratelimit-Reset": "later"}, None),
+    ],
+)
+def test_429_honours_either_header_and_the_longer_wait(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    error = api_error(429, headers, b"", now=NOW)
+
+    assert isinstance(error, KlarnaRateLimited)
+    assert error.retry_after == seconds
 
 
 def test_429_carries_retry_after() -> None:
