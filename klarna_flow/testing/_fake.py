@@ -10,8 +10,8 @@ rely on them):
 - wrong or missing ``Authorization``: 401 ``UNAUTHORIZED``;
 - body over 1 MB: 413 ``PAYLOAD_TOO_LARGE``;
 - Content-Type not application/json: 400 ``INVALID_CONTENT_TYPE``;
-- missing header, bad body schema: 400 ``VALIDATION_ERROR`` (with
-  ``validation_errors``);
+- missing header, ``Partner-Correlation-Id`` not 1..255 letters and digits,
+  bad body schema: 400 ``VALIDATION_ERROR`` (with ``validation_errors``);
 - unknown partner account, unknown session token: 404 ``RESOURCE_NOT_FOUND``;
 - token of another partner account: 403 ``OPERATION_FORBIDDEN``;
 - token already used: the same request under another idempotency key replays
@@ -273,16 +273,20 @@ class FakeKlarna(Authorizer):
         error_code: str | None = None,
         *,
         retry_after: float | str | None = None,
+        ratelimit_reset: float | str | None = None,
         times: int = 1,
     ) -> None:
         """The next ``times`` authorize calls fail with ``status`` (nothing processed).
 
         Args:
             retry_after: sent as ``Retry-After`` (seconds, or an HTTP date string).
+            ratelimit_reset: sent as ``X-Ratelimit-Reset`` (seconds to wait,
+                or a Unix time: its unit is not documented).
         """
         if not 400 <= status <= 599:
             raise InvalidInput("status", "must be an HTTP error status (400..599)")
-        headers = () if retry_after is None else (("Retry-After", str(retry_after)),)
+        named = (("Retry-After", retry_after), ("X-Ratelimit-Reset", ratelimit_reset))
+        headers = tuple((name, str(value)) for name, value in named if value is not None)
         if isinstance(times, bool) or not isinstance(times, int) or times < 1:
             raise InvalidInput("times", "must be an int >= 1")
         for _ in range(times):

@@ -8,6 +8,7 @@ way Klarna documents it (current error envelope, ``Klarna-Correlation-Id``).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 MAX_BODY = 1024 * 1024
+# Klarna: Partner-Correlation-Id is "<= 255 characters ^[A-Za-z0-9]+$".
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9]{1,255}")
 TOKEN_HEADERS = ("Klarna-Network-Session-Token", "Klarna-Payment-Token")
 
 DEFAULT_CODES = {
@@ -142,11 +145,22 @@ def parse_authorize(
         return error_response(400, "INVALID_CONTENT_TYPE", "Content-Type must be application/json")
     token = next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), "")
     key = request.headers.get("Klarna-Idempotency-Key", "")
-    if not token:
-        return _invalid(TOKEN_HEADERS[0], "is required")
-    if not 1 <= len(key) <= 255:
-        return _invalid("Klarna-Idempotency-Key", "is required (1..255 characters)")
+    problem = _header_problem(request, token, key)
+    if problem is not None:
+        return _invalid(*problem)
     return _parse_body(body, partner_account_id, token, key)
+
+
+def _header_problem(request: httpx.Request, token: str, key: str) -> tuple[str, str] | None:
+    """The (parameter, reason) of the first header Klarna would refuse, else None."""
+    if not token:
+        return TOKEN_HEADERS[0], "is required"
+    if not 1 <= len(key) <= 255:
+        return "Klarna-Idempotency-Key", "is required (1..255 characters)"
+    correlation_id = request.headers.get("Partner-Correlation-Id")
+    if correlation_id is not None and not _CORRELATION_ID.fullmatch(correlation_id):
+        return "Partner-Correlation-Id", "must be 1..255 letters and digits"
+    return None
 
 
 def _parse_body(

@@ -101,6 +101,35 @@ def test_missing_header_gets_400(http: httpx.Client, token: str, missing: str) -
 
 
 @pytest.mark.parametrize(
+    "correlation_id", ["0f8e2a4c-1b3d-4e5f-8a9b-0c1d2e3f4a5b", "c" * 256, "with space", ""]
+)
+def test_partner_correlation_id_not_alphanumeric_gets_400(
+    http: httpx.Client, token: str, correlation_id: str
+) -> None:
+    """Klarna: Partner-Correlation-Id is "<= 255 characters ^[A-Za-z0-9]+$"."""
+    response = post(http, token, Partner_Correlation_Id=correlation_id)
+
+    assert (response.status_code, error_code(response)) == (400, "VALIDATION_ERROR")
+    assert response.json()["validation_errors"][0]["parameter"] == "Partner-Correlation-Id"
+
+
+def test_alphanumeric_partner_correlation_id_is_fine(http: httpx.Client, token: str) -> None:
+    assert post(http, token, Partner_Correlation_Id="0f8e2a4c" + "9" * 247).status_code == 200
+
+
+def test_fail_next_can_send_x_ratelimit_reset(
+    http: httpx.Client, fake: FakeKlarna, token: str
+) -> None:
+    fake.fail_next(429, retry_after=1, ratelimit_reset=1735732800)
+
+    response = post(http, token)
+
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
+    assert response.headers["X-Ratelimit-Reset"] == "1735732800"
+
+
+@pytest.mark.parametrize(
     ("body", "parameter"),
     [
         ([], "body"),
