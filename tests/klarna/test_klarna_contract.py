@@ -7,14 +7,16 @@ never on mocks.
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from klarna_flow import (
     KlarnaAPIError,
     KlarnaAuthenticationError,
+    KlarnaBlocked,
     KlarnaConflict,
     KlarnaNotFound,
     KlarnaRateLimited,
@@ -66,6 +68,41 @@ def test_declined_answer_has_no_transaction(caller: Caller, token: str) -> None:
     assert caller.fake.transactions == []
 
 
+def approved_body(expires_at: str) -> bytes:
+    transaction = {
+        "payment_transaction_id": "krn:payment:eu1:transaction:t-1",
+        "payment_transaction_reference": REFERENCE,
+        "amount": 11800,
+        "currency": "USD",
+        "expires_at": expires_at,
+    }
+    answer = {"result": "APPROVED", "payment_transaction": transaction}
+    return json.dumps({"payment_transaction_response": answer}).encode()
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "expected"),
+    [
+        ("2025-02-26T17:25:34.534721775Z", datetime(2025, 2, 26, 17, 25, 34, 534721, UTC)),
+        # Cut, never rounded into the next second.
+        ("2025-02-26T17:25:34.999999999Z", datetime(2025, 2, 26, 17, 25, 34, 999999, UTC)),
+        ("2025-02-26T17:25:34Z", datetime(2025, 2, 26, 17, 25, 34, tzinfo=UTC)),
+        ("2025-02-26T17:25:34+00:00", datetime(2025, 2, 26, 17, 25, 34, tzinfo=UTC)),
+        ("2025-02-26T18:25:34.5+01:00", datetime(2025, 2, 26, 17, 25, 34, 500000, UTC)),
+        ("2025-02-26t17:25:34.534721775z", datetime(2025, 2, 26, 17, 25, 34, 534721, UTC)),
+    ],
+)
+def test_expires_at_is_read_at_any_fractional_precision(
+    caller: Caller, token: str, expires_at: str, expected: datetime
+) -> None:
+    caller.fake.respond_next(200, approved_body(expires_at))
+
+    answer = caller.authorize(token)
+
+    assert answer.transaction is not None
+    assert answer.transaction.expires_at == expected
+
+
 def test_step_up_answer_names_a_new_payment_request(caller: Caller, token: str) -> None:
     caller.fake.step_up_next()
 
@@ -113,6 +150,22 @@ def test_403_token_of_another_account(caller: Caller) -> None:
         caller.authorize(token)
 
     assert (caught.value.status_code, caught.value.error_code) == (403, "OPERATION_FORBIDDEN")
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>Forbidden</html>", b"{}"])
+def test_403_without_an_error_object_is_blocked_not_unauthenticated(
+    caller: Caller, token: str, body: bytes
+) -> None:
+    """Klarna's DDoS protection answers 403 without its error object."""
+    caller.fake.respond_next(403, body)
+
+    with pytest.raises(KlarnaBlocked) as caught:
+        caller.authorize(token)
+
+    assert not isinstance(caught.value, KlarnaAuthenticationError | PermissionError)
+    assert caught.value.status_code == 403
+    assert caught.value.error_code is None
+    assert len(caller.fake.requests) == 1, "never retried"
 
 
 def test_404_unknown_token(caller: Caller) -> None:
@@ -164,6 +217,45 @@ def test_429_exhausted_keeps_retry_after(caller: Caller, token: str) -> None:
 
     assert caught.value.retry_after == 2.0
     assert caught.value.error_code == "RATE_LIMITED"
+    assert len(caller.fake.requests) == 3
+
+
+def test_429_exhausted_keeps_x_ratelimit_reset(caller: Caller, token: str) -> None:
+    caller.fake.fail_next(429, ratelimit_reset=2, times=3)
+
+    with pytest.raises(KlarnaRateLimited) as caught:
+        caller.authorize(token)
+
+    assert caught.value.retry_after == 2.0
+    assert len(caller.fake.requests) == 3
+
+
+def test_x_ratelimit_reset_is_waited_before_the_retry(caller: Caller, token: str) -> None:
+    caller.fake.fail_next(429, ratelimit_reset="0.2")
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_backoff=0.5, jitter=False)
+    authorize = caller.client(retry=policy)
+
+    started = time.monotonic()
+    answer = authorize(**caller.args(token))
+
+    assert time.monotonic() - started >= 0.2
+    assert answer.result is AuthorizationResult.APPROVED
+
+
+@pytest.mark.parametrize(("offset", "low", "high"), [(3600, 3500, 3601), (-3600, 0, 0)])
+def test_x_ratelimit_reset_as_a_unix_time(
+    caller: Caller, token: str, offset: int, low: float, high: float
+) -> None:
+    """Its unit is not documented: a Unix time is read too, and capped by the policy."""
+    caller.fake.fail_next(429, ratelimit_reset=int(time.time()) + offset, times=3)
+
+    started = time.monotonic()
+    with pytest.raises(KlarnaRateLimited) as caught:
+        caller.authorize(token)
+
+    assert caught.value.retry_after is not None
+    assert low <= caught.value.retry_after <= high
+    assert time.monotonic() - started < 2, "never waits longer than max_backoff"
     assert len(caller.fake.requests) == 3
 
 
@@ -240,7 +332,49 @@ def test_older_error_envelope_is_understood(caller: Caller, token: str) -> None:
         caller.authorize(token)
 
     assert caught.value.error_message == "amount is wrong; and more"
+    assert caught.value.validation_errors == ({"reason": "amount is wrong"}, {"reason": "and more"})
     assert caught.value.correlation_id  # the header's id wins over the body's
+
+
+def test_errors_array_is_read_into_validation_errors(caller: Caller, token: str) -> None:
+    """The Klarna Network error page's shape: errors[] of {parameter, error_message, doc_url}."""
+    problem = {
+        "parameter": "request_payment_transaction.amount",
+        "error_message": "must be positive",
+        "doc_url": "https://docs.klarna.com/api/errors/",
+    }
+    body = {"error_code": "VALIDATION_ERROR", "errors": [problem]}
+    caller.fake.respond_next(400, json.dumps(body).encode())
+
+    with pytest.raises(KlarnaValidationError) as caught:
+        caller.authorize(token)
+
+    assert caught.value.validation_errors == ({**problem, "reason": "must be positive"},)
+    assert caught.value.error_message == "must be positive"
+
+
+# -- Partner-Correlation-Id --------------------------------------------------------------
+
+PAYMENT_ID = uuid.UUID("0f8e2a4c-1b3d-4e5f-8a9b-0c1d2e3f4a5b")
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ("Payment42", "Payment42"),
+        (str(PAYMENT_ID), PAYMENT_ID.hex),
+        (str(PAYMENT_ID).upper(), PAYMENT_ID.hex),
+    ],
+)
+def test_partner_correlation_id_is_sent_alphanumeric(
+    caller: Caller, token: str, given: str, sent: str
+) -> None:
+    """Klarna: "<= 255 characters ^[A-Za-z0-9]+$"; a UUID goes as its hex."""
+    answer = caller.authorize(token, correlation_id=given)
+
+    assert answer.result is AuthorizationResult.APPROVED
+    [request] = caller.fake.requests
+    assert request.headers["Partner-Correlation-Id"] == sent
 
 
 # -- retries and idempotency --------------------------------------------------------
