@@ -29,7 +29,6 @@ from eventsourcing.persistence import (
     PersistenceError,
     RecordConflictError,
     Recording,
-    Transcoding,
 )
 from eventsourcing.popo import POPOFactory
 from eventsourcing.sqlite import SQLiteFactory
@@ -48,6 +47,7 @@ from klarna_flow._errors import (
 from klarna_flow._shared.validation import check_aware
 from klarna_flow._store.chain import ChainedMapper, genesis
 from klarna_flow._store.cipher import TokenCipher
+from klarna_flow._store.codec import SealedSecretTranscoding
 from klarna_flow._store.heads import recorder_topic
 from klarna_flow._store.projections import PaymentIndex, Progress
 from klarna_flow._store.read_models import IndexRow, MemoryIndex, ReadModelStore, SQLIndex
@@ -62,17 +62,6 @@ __all__ = [
 
 ALLOW_PLAINTEXT_ENV = "KLARNA_FLOW_ALLOW_PLAINTEXT"
 _PAYMENT_ID_NAMESPACE = uuid.UUID("5b0a3f3e-8c53-4d5e-9a63-1f0b7c2d9e41")
-
-
-class _SealedSecretAsDict(Transcoding):
-    type = SealedSecret
-    name = "sealed_secret"
-
-    def encode(self, obj: SealedSecret) -> dict[str, str]:
-        return {"k": obj.key_id, "n": obj.nonce, "c": obj.ciphertext}
-
-    def decode(self, data: dict[str, str]) -> SealedSecret:
-        return SealedSecret(data["k"], data["n"], data["c"])
 
 
 def payment_id_for(partner_account_id: str | None, reference: str) -> UUID:
@@ -199,7 +188,7 @@ class PaymentStore(Application[UUID]):
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
-        transcoder.register(_SealedSecretAsDict())
+        transcoder.register(SealedSecretTranscoding())
 
     @property
     def is_durable(self) -> bool:
