@@ -1,22 +1,39 @@
-"""The asynchronous Klarna Payment Authorize client."""
+"""The asynchronous Klarna client: the twin of :class:`KlarnaClient`."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 from types import TracebackType
+from typing import TypeVar
 
 import httpx
 
 from klarna_flow._errors import KlarnaError
 from klarna_flow.klarna._base import ClientBase
 from klarna_flow.klarna._config import DEFAULT_LIMITS, resolve_timeout
-from klarna_flow.klarna._exchange import AuthorizeCall, failed, prepare, received
+from klarna_flow.klarna._exchange import (
+    AuthorizeArgs,
+    Call,
+    failed,
+    prepare,
+    prepare_cancel,
+    prepare_read_transaction,
+    received,
+)
 from klarna_flow.klarna._failures import transport_error
+from klarna_flow.klarna._purchase import (
+    Capture,
+    CustomerTokenRequest,
+    StepUpConfig,
+    SupplementaryPurchaseData,
+)
 from klarna_flow.klarna._retry import Attempts
-from klarna_flow.klarna._wire import AuthorizationResponse
+from klarna_flow.klarna._wire import AuthorizationResponse, PaymentRequest, PaymentTransaction
 
 __all__ = ["AsyncKlarnaClient"]
+
+T = TypeVar("T")
 
 
 class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
@@ -62,27 +79,79 @@ class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport])
         self,
         *,
         partner_account_id: str,
-        session_token: str,
-        currency: str,
-        amount: int,
-        reference: str,
         idempotency_key: str,
+        currency: str,
+        amount: int | None = None,
+        reference: str | None = None,
+        session_token: str | None = None,
+        customer_token: str | None = None,
         correlation_id: str | None = None,
+        purchase: SupplementaryPurchaseData | None = None,
+        step_up: StepUpConfig | None = None,
+        capture: Capture | str | None = None,
+        payment_option_id: str | None = None,
+        customer_token_request: CustomerTokenRequest | None = None,
+        payment_request_id: str | None = None,
     ) -> AuthorizationResponse:
-        """Authorize a completed payment request; see :meth:`KlarnaClient.authorize`."""
+        """Call Payment Authorize; see :meth:`KlarnaClient.authorize`."""
         self._check_open()
-        call = prepare(
+        args = AuthorizeArgs(
+            partner_account_id=partner_account_id,
+            idempotency_key=idempotency_key,
+            currency=currency,
+            amount=amount,
+            reference=reference,
+            session_token=session_token,
+            customer_token=customer_token,
+            correlation_id=correlation_id,
+            purchase=purchase,
+            step_up=step_up,
+            capture=capture,
+            payment_option_id=payment_option_id,
+            customer_token_request=customer_token_request,
+            payment_request_id=payment_request_id,
+        )
+        return await self._run(prepare(self._http, self._endpoint, self._timeout, args))
+
+    async def cancel_payment_request(
+        self,
+        *,
+        partner_account_id: str,
+        payment_request_id: str,
+        correlation_id: str | None = None,
+    ) -> PaymentRequest:
+        """Cancel an open payment request; see :meth:`KlarnaClient.cancel_payment_request`."""
+        self._check_open()
+        call = prepare_cancel(
             self._http,
             self._endpoint,
             self._timeout,
             partner_account_id=partner_account_id,
-            session_token=session_token,
-            currency=currency,
-            amount=amount,
-            reference=reference,
-            idempotency_key=idempotency_key,
+            payment_request_id=payment_request_id,
             correlation_id=correlation_id,
         )
+        return await self._run(call)
+
+    async def read_transaction(
+        self,
+        *,
+        partner_account_id: str,
+        payment_transaction_id: str,
+        correlation_id: str | None = None,
+    ) -> PaymentTransaction:
+        """Read a payment transaction; see :meth:`KlarnaClient.read_transaction`."""
+        self._check_open()
+        call = prepare_read_transaction(
+            self._http,
+            self._endpoint,
+            self._timeout,
+            partner_account_id=partner_account_id,
+            payment_transaction_id=payment_transaction_id,
+            correlation_id=correlation_id,
+        )
+        return await self._run(call)
+
+    async def _run(self, call: Call[T]) -> T:
         attempts = Attempts(self._retry)
         while True:
             attempts.begin()
@@ -94,7 +163,7 @@ class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport])
                     raise
             await asyncio.sleep(delay)
 
-    async def _attempt(self, call: AuthorizeCall, attempts: Attempts) -> AuthorizationResponse:
+    async def _attempt(self, call: Call[T], attempts: Attempts) -> T:
         try:
             response = await next(self._next_shard).send(call.request)
         except httpx.HTTPError as exc:

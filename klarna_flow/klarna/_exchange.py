@@ -1,4 +1,5 @@
-"""One authorize exchange, shared by the sync and async clients.
+"""One exchange with Klarna (authorize, cancel a payment request, read a
+transaction), shared by the sync and async clients.
 
 Checking the inputs, building the request, reading the answer and logging each
 attempt are the same whichever way the bytes travel; the clients only send and
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import attrs
@@ -26,21 +29,37 @@ from klarna_flow._shared.validation import (
     check_token,
 )
 from klarna_flow.klarna._failures import api_error
+from klarna_flow.klarna._purchase import (
+    Capture,
+    CustomerTokenRequest,
+    StepUpConfig,
+    SupplementaryPurchaseData,
+)
 from klarna_flow.klarna._retry import Attempts
 from klarna_flow.klarna._wire import (
     AuthorizationResponse,
+    PaymentRequest,
+    PaymentTransaction,
     authorization_body,
     parse_authorization,
+    parse_payment_request,
+    parse_transaction,
 )
 
 __all__ = [
+    "AuthorizeArgs",
     "AuthorizeCall",
+    "Call",
     "Endpoint",
     "failed",
     "partner_correlation_id",
     "prepare",
+    "prepare_cancel",
+    "prepare_read_transaction",
     "received",
 ]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("klarna_flow.klarna")
 
@@ -50,6 +69,10 @@ _ALPHANUMERIC = re.compile(r"[A-Za-z0-9]{1,255}")
 
 def _masked(value: str) -> str:
     return repr(mask(value))
+
+
+def _masked_or_none(value: str | None) -> str:
+    return repr(None if value is None else mask(value))
 
 
 @attrs.frozen
@@ -62,69 +85,211 @@ class Endpoint:
 
 
 @attrs.frozen
-class AuthorizeCall:
-    """The checked inputs of one authorize call, and its request."""
+class Call(Generic[T]):
+    """One checked request to Klarna, how to read its answer, and what to log.
 
-    partner_account_id: str
-    session_token: str = attrs.field(repr=_masked)
-    currency: str
-    amount: int
-    reference: str
-    idempotency_key: str
-    correlation_id: str | None
+    Attributes:
+        operation: what the call does, for log lines (``authorize``...).
+        subject: the reference or id it is about, for log lines.
+        request: the request, built once and re-sent on every attempt.
+        read: parses a 2xx answer (status, correlation id, body).
+        secrets: values no error message may repeat.
+        token: the session or customer token sent, if any (logged masked).
+    """
+
+    operation: str
+    subject: str
     request: httpx.Request = attrs.field(repr=False, eq=False)
+    read: Callable[[int, str | None, bytes], T] = attrs.field(repr=False, eq=False)
     secrets: tuple[str, ...] = attrs.field(repr=False)
+    token: str | None = attrs.field(default=None, repr=_masked_or_none)
 
     def masked_token(self) -> str | None:
-        """The session token with its secret part hidden, for log lines."""
-        return mask(self.session_token)
+        """The token with its secret part hidden, for log lines."""
+        return None if self.token is None else mask(self.token)
+
+
+AuthorizeCall = Call[AuthorizationResponse]
+
+
+@attrs.frozen
+class AuthorizeArgs:
+    """The inputs of one authorize call, as the clients take them (unchecked)."""
+
+    partner_account_id: str
+    idempotency_key: str
+    currency: str
+    amount: int | None = None
+    reference: str | None = None
+    session_token: str | None = attrs.field(default=None, repr=False)
+    customer_token: str | None = attrs.field(default=None, repr=False)
+    correlation_id: str | None = None
+    purchase: SupplementaryPurchaseData | None = None
+    step_up: StepUpConfig | None = None
+    capture: Capture | str | None = None
+    payment_option_id: str | None = None
+    customer_token_request: CustomerTokenRequest | None = None
+    payment_request_id: str | None = None
 
 
 def prepare(
     http: httpx.Client | httpx.AsyncClient,
     endpoint: Endpoint,
     timeout: httpx.Timeout | None,
-    *,
-    partner_account_id: str,
-    session_token: str,
-    currency: str,
-    amount: int,
-    reference: str,
-    idempotency_key: str,
-    correlation_id: str | None,
+    args: AuthorizeArgs,
 ) -> AuthorizeCall:
-    """Check every input and build the request, before any I/O.
+    """Check every input and build the authorize request, before any I/O.
 
     Raises:
-        InvalidInput: a bad argument; the message never holds the token.
+        InvalidInput: a bad argument; the message never holds a token.
     """
-    account = check_krn(partner_account_id, "partner_account_id")
-    token = check_token(session_token, "session_token")
-    currency = check_currency(currency)
-    amount = check_amount(amount)
-    reference = check_reference(reference)
-    key = _ascii(check_idempotency_key(idempotency_key), "idempotency_key")
-    if correlation_id is not None:
-        correlation_id = partner_correlation_id(correlation_id)
-    url = f"{endpoint.base_url}/v2/accounts/{quote(account, safe=':')}/payment/authorize"
-    request = http.build_request(
-        "POST",
-        url,
-        headers=_headers(endpoint, token, key, correlation_id),
-        content=authorization_body(currency=currency, amount=amount, reference=reference),
-        timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-    )
-    return AuthorizeCall(
-        partner_account_id=account,
-        session_token=token,
+    account = check_krn(args.partner_account_id, "partner_account_id")
+    key = _ascii(check_idempotency_key(args.idempotency_key), "idempotency_key")
+    currency = check_currency(args.currency)
+    amount, reference = _transaction_terms(args)
+    session = _optional_token(args.session_token, "session_token")
+    customer = _optional_token(args.customer_token, "customer_token")
+    body = authorization_body(
         currency=currency,
         amount=amount,
         reference=reference,
-        idempotency_key=key,
-        correlation_id=correlation_id,
-        request=request,
-        secrets=(token, endpoint.api_key),
+        payment_option_id=None
+        if args.payment_option_id is None
+        else check_reference(args.payment_option_id, "payment_option_id"),
+        capture=None if args.capture is None else _capture(args.capture),
+        purchase=_typed(args.purchase, SupplementaryPurchaseData, "purchase"),
+        step_up=_typed(args.step_up, StepUpConfig, "step_up"),
+        customer_token_request=_typed(
+            args.customer_token_request, CustomerTokenRequest, "customer_token_request"
+        ),
+        payment_request_id=_optional_krn(args.payment_request_id, "payment_request_id"),
     )
+    headers = _headers(endpoint, args.correlation_id)
+    headers["Klarna-Idempotency-Key"] = key
+    if session is not None:
+        headers["Klarna-Network-Session-Token"] = session
+    if customer is not None:
+        headers["Klarna-Customer-Token"] = customer
+    url = f"{endpoint.base_url}/v2/accounts/{_segment(account)}/payment/authorize"
+    request = http.build_request(
+        "POST", url, headers=headers, content=body, timeout=_timeout(timeout)
+    )
+    secrets = tuple(t for t in (session, customer, endpoint.api_key) if t is not None)
+    return Call(
+        "authorize",
+        reference or args.payment_request_id or key,
+        request,
+        parse_authorization,
+        secrets,
+        session if session is not None else customer,
+    )
+
+
+def prepare_cancel(
+    http: httpx.Client | httpx.AsyncClient,
+    endpoint: Endpoint,
+    timeout: httpx.Timeout | None,
+    *,
+    partner_account_id: str,
+    payment_request_id: str,
+    correlation_id: str | None,
+) -> Call[PaymentRequest]:
+    """Check and build ``DELETE .../payment/requests/{id}``.
+
+    Raises:
+        InvalidInput: a bad argument.
+    """
+    account = check_krn(partner_account_id, "partner_account_id")
+    request_id = check_krn(payment_request_id, "payment_request_id")
+    url = (
+        f"{endpoint.base_url}/v2/accounts/{_segment(account)}"
+        f"/payment/requests/{_segment(request_id)}"
+    )
+    headers = _headers(endpoint, correlation_id)
+    del headers["Content-Type"]  # no body
+    request = http.build_request("DELETE", url, headers=headers, timeout=_timeout(timeout))
+    return Call(
+        "cancel payment request",
+        request_id,
+        request,
+        parse_payment_request,
+        (endpoint.api_key,),
+    )
+
+
+def prepare_read_transaction(
+    http: httpx.Client | httpx.AsyncClient,
+    endpoint: Endpoint,
+    timeout: httpx.Timeout | None,
+    *,
+    partner_account_id: str,
+    payment_transaction_id: str,
+    correlation_id: str | None,
+) -> Call[PaymentTransaction]:
+    """Check and build ``GET .../payment/transactions/{id}``.
+
+    Raises:
+        InvalidInput: a bad argument.
+    """
+    account = check_krn(partner_account_id, "partner_account_id")
+    transaction_id = check_krn(payment_transaction_id, "payment_transaction_id")
+    url = (
+        f"{endpoint.base_url}/v2/accounts/{_segment(account)}"
+        f"/payment/transactions/{_segment(transaction_id)}"
+    )
+    headers = _headers(endpoint, correlation_id)
+    del headers["Content-Type"]
+    request = http.build_request("GET", url, headers=headers, timeout=_timeout(timeout))
+    return Call("read transaction", transaction_id, request, parse_transaction, (endpoint.api_key,))
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe=":")
+
+
+def _timeout(timeout: httpx.Timeout | None) -> httpx.Timeout | Any:
+    return timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
+
+
+def _transaction_terms(args: AuthorizeArgs) -> tuple[int | None, str | None]:
+    """Amount and reference: both (a payment transaction) or neither (tokenization)."""
+    if args.amount is None and args.reference is None:
+        if args.customer_token_request is None:
+            raise InvalidInput(
+                "amount", "is required unless a customer token is requested (tokenization)"
+            )
+        if args.capture is not None or args.payment_option_id is not None:
+            raise InvalidInput("capture", "applies only to a payment transaction")
+        return None, None
+    if args.reference is None:
+        raise InvalidInput("reference", "is required with an amount")
+    if args.amount is None:
+        raise InvalidInput("amount", "is required with a reference")
+    return check_amount(args.amount), check_reference(args.reference)
+
+
+def _optional_token(value: str | None, field: str) -> str | None:
+    return None if value is None else check_token(value, field)
+
+
+def _optional_krn(value: str | None, field: str) -> str | None:
+    return None if value is None else check_krn(value, field)
+
+
+def _capture(value: object) -> str:
+    try:
+        return Capture(value).value  # type: ignore[arg-type]  # a bad value raises
+    except ValueError:
+        raise InvalidInput("capture", "must be NOW or LATER") from None
+
+
+def _typed(value: object, kind: type[Any], field: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, kind):
+        raise InvalidInput(field, f"must be a {kind.__name__} or None")
+    wire: dict[str, Any] = value.to_wire()
+    return wire
 
 
 def partner_correlation_id(value: object) -> str:
@@ -165,26 +330,20 @@ def _ascii(value: str, field: str) -> str:
     return value
 
 
-def _headers(
-    endpoint: Endpoint, token: str, key: str, correlation_id: str | None
-) -> dict[str, str]:
+def _headers(endpoint: Endpoint, correlation_id: str | None) -> dict[str, str]:
     headers = {
         "Authorization": f"Basic {endpoint.api_key}",
         "Content-Type": "application/json",
         "Accept": "application/json",
         "User-Agent": endpoint.user_agent,
-        "Klarna-Network-Session-Token": token,
-        "Klarna-Idempotency-Key": key,
     }
     if correlation_id is not None:
-        headers["Partner-Correlation-Id"] = correlation_id
+        headers["Partner-Correlation-Id"] = partner_correlation_id(correlation_id)
     return headers
 
 
-def received(
-    call: AuthorizeCall, attempts: Attempts, response: httpx.Response
-) -> AuthorizationResponse:
-    """Read an answer: the parsed approval/decline/step-up, or raise.
+def received(call: Call[T], attempts: Attempts, response: httpx.Response) -> T:
+    """Read an answer: the parsed 2xx body, or raise.
 
     Raises:
         KlarnaAPIError: an error status (a subclass by status).
@@ -193,8 +352,9 @@ def received(
     status = response.status_code
     correlation_id = response.headers.get("Klarna-Correlation-Id")
     if 200 <= status < 300:
-        answer = parse_authorization(status, correlation_id, response.content)
-        _log(logging.INFO, call, attempts, f"{status} {answer.result}", correlation_id)
+        answer = call.read(status, correlation_id, response.content)
+        outcome = getattr(answer, "result", None) or getattr(answer, "state", None) or ""
+        _log(logging.INFO, call, attempts, f"{status} {outcome}".rstrip(), correlation_id)
         return answer
     raise api_error(
         status,
@@ -205,7 +365,7 @@ def received(
     )
 
 
-def failed(call: AuthorizeCall, attempts: Attempts, error: KlarnaError) -> float | None:
+def failed(call: Call[Any], attempts: Attempts, error: KlarnaError) -> float | None:
     """Log a failed attempt; return the seconds to wait before the next one.
 
     None means give up: the caller raises ``error``.
@@ -221,7 +381,7 @@ def failed(call: AuthorizeCall, attempts: Attempts, error: KlarnaError) -> float
 
 def _log(
     level: int,
-    call: AuthorizeCall,
+    call: Call[Any],
     attempts: Attempts,
     outcome: str,
     correlation_id: str | None,
@@ -230,8 +390,9 @@ def _log(
         return
     logger.log(
         level,
-        "authorize %s attempt %d/%d: %s (klarna correlation id %s, %.3fs, token %s)",
-        call.reference,
+        "%s %s attempt %d/%d: %s (klarna correlation id %s, %.3fs, token %s)",
+        call.operation,
+        call.subject,
         attempts.number,
         attempts.policy.max_attempts,
         outcome,
@@ -241,6 +402,7 @@ def _log(
         extra={
             "klarna_attempt": attempts.number,
             "klarna_correlation_id": correlation_id,
-            "klarna_reference": call.reference,
+            "klarna_reference": call.subject,
+            "klarna_operation": call.operation,
         },
     )

@@ -22,13 +22,26 @@ def test_public_names_are_pinned() -> None:
     assert klarna_flow.klarna.__all__ == [
         "LIVE_BASE_URL",
         "TEST_BASE_URL",
+        "Address",
         "AsyncKlarnaClient",
         "AuthorizationResponse",
         "AuthorizationResult",
+        "Capture",
+        "Customer",
+        "CustomerToken",
+        "CustomerTokenRequest",
+        "CustomerTokenScope",
         "KlarnaClient",
+        "LineItem",
+        "PaymentCapture",
+        "PaymentRequest",
         "PaymentTransaction",
         "RetryPolicy",
+        "Shipment",
         "StepUp",
+        "StepUpConfig",
+        "StepUpMethod",
+        "SupplementaryPurchaseData",
     ]
 
 
