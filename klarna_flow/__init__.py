@@ -1,4 +1,4 @@
-"""klarna_flow: Klarna's final-authorization step as an event-sourced state machine.
+"""klarna_flow: Klarna's authorization journey as an event-sourced state machine.
 
 One import path for users: every public name is re-exported here, and
 ``tests/docs_and_cli/test_public_api.py`` pins the list.
@@ -14,6 +14,7 @@ from klarna_flow._domain.sealed import SealedSecret
 from klarna_flow._errors import (
     AuthorizationInProgress,
     AuthorizationWindowElapsed,
+    CancelRefused,
     CommandRefused,
     ConcurrentModification,
     ConfigurationError,
@@ -47,17 +48,27 @@ from klarna_flow._shared.clock import Clock, SystemClock
 from klarna_flow._store.cipher import TokenCipher, generate_key
 from klarna_flow._store.read_models import IndexRow
 from klarna_flow.klarna import (
+    Address,
     AsyncKlarnaClient,
     AuthorizationResponse,
     AuthorizationResult,
+    Capture,
+    Customer,
+    CustomerTokenScope,
     KlarnaClient,
+    LineItem,
     RetryPolicy,
+    Shipment,
+    StepUpConfig,
+    StepUpMethod,
+    SupplementaryPurchaseData,
 )
 from klarna_flow.klarna._webhooks import NotificationOutcome, NotificationResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Address",
     "AsyncKlarnaClient",
     "AuditEntry",
     "AuditLog",
@@ -66,10 +77,14 @@ __all__ = [
     "AuthorizationResponse",
     "AuthorizationResult",
     "AuthorizationWindowElapsed",
+    "CancelRefused",
+    "Capture",
     "Clock",
     "CommandRefused",
     "ConcurrentModification",
     "ConfigurationError",
+    "Customer",
+    "CustomerTokenScope",
     "Finding",
     "Flow",
     "IndexRow",
@@ -90,6 +105,7 @@ __all__ = [
     "KlarnaTransportError",
     "KlarnaUnexpectedResponse",
     "KlarnaValidationError",
+    "LineItem",
     "MalformedNotification",
     "MissingToken",
     "NaiveDatetime",
@@ -105,7 +121,11 @@ __all__ = [
     "ReferenceConflict",
     "RetryPolicy",
     "SealedSecret",
+    "Shipment",
+    "StepUpConfig",
+    "StepUpMethod",
     "StorageError",
+    "SupplementaryPurchaseData",
     "SystemClock",
     "TokenCipher",
     "VerificationReport",

@@ -12,7 +12,8 @@
     │   ├── WrongFlow                              e.g. authorizing a pure tokenization payment
     │   ├── MissingToken                           the tokens given do not fit the payment's flow
     │   ├── NotYetExpired                          expire() before the payment's time ran out
-    │   └── ReferenceConflict                      same (account, reference), different terms
+    │   ├── ReferenceConflict                      same (account, reference), different terms
+    │   └── CancelRefused                          Klarna would not cancel the payment request
     ├── ConcurrentModification                     a lost race: another writer recorded first;
     │   │                                          nothing of this command was recorded
     │   └── AuthorizationInProgress                another worker already requested authorization
@@ -51,6 +52,7 @@ from uuid import UUID
 __all__ = [
     "AuthorizationInProgress",
     "AuthorizationWindowElapsed",
+    "CancelRefused",
     "CommandRefused",
     "ConcurrentModification",
     "ConfigurationError",
@@ -176,6 +178,27 @@ class AuthorizationWindowElapsed(_PaymentError):
 
 class ReferenceConflict(CommandRefused):
     """The (partner account, reference) pair is taken by different terms."""
+
+
+class CancelRefused(CommandRefused):
+    """Klarna would not cancel the payment request; nothing was recorded.
+
+    Typically the customer already completed it (the completion notification
+    follows). ``klarna_state`` is the request's state when Klarna named it;
+    the Klarna error, if any, is the ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        payment_id: UUID | None = None,
+        command: str = "cancel",
+        state: str = "",
+        klarna_state: str | None = None,
+    ) -> None:
+        super().__init__(message, payment_id=payment_id, command=command, state=state)
+        self.klarna_state = klarna_state
 
 
 class ConcurrentModification(_PaymentError):

@@ -81,8 +81,14 @@ BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "int": st.integers(-(2**40), 2**40),
     "datetime": TIMES,
     "SealedSecret": st.just(TOKEN),
+    "bool": st.booleans(),
+    "list[str]": st.lists(TEXT, max_size=3),
+    "dict[str, Any]": st.dictionaries(
+        TEXT, st.none() | st.booleans() | st.integers(-(2**40), 2**40) | TEXT, max_size=3
+    ),
 }
 BY_NAME: dict[str, st.SearchStrategy[Any]] = {
+    "call": st.sampled_from(["INITIAL", "FINAL"]),
     "flow": st.sampled_from([f.value for f in Flow]),
     "cause": CAUSES,
 }

@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -33,7 +34,7 @@ from uuid import UUID
 import attrs
 
 from klarna_flow._app.ports import AuthorizationLedger
-from klarna_flow._domain.lifecycle import PaymentState
+from klarna_flow._domain.lifecycle import Flow, PaymentState
 from klarna_flow._errors import (
     AuthorizationInProgress,
     AuthorizationWindowElapsed,
@@ -43,8 +44,15 @@ from klarna_flow._errors import (
     KlarnaError,
     KlarnaRateLimited,
     KlarnaServerError,
+    KlarnaUnexpectedResponse,
 )
-from klarna_flow.klarna import AuthorizationResponse, AuthorizationResult
+from klarna_flow.klarna import (
+    AuthorizationResponse,
+    AuthorizationResult,
+    CustomerTokenRequest,
+    StepUpConfig,
+    SupplementaryPurchaseData,
+)
 
 if TYPE_CHECKING:
     from klarna_flow._domain.payment import Payment
@@ -95,29 +103,55 @@ def idempotency_key(payment_id: UUID, attempt: int) -> str:
 
 @attrs.frozen
 class Intent:
-    """A recorded ``AuthorizationRequested``: everything the call needs."""
+    """A recorded ``AuthorizationRequested``: everything the call needs.
+
+    ``call`` is ``INITIAL`` or ``FINAL``; ``payload`` the initial call's
+    recorded purchase data, step-up configuration, capture and token request
+    (None for a payment that never made an initial call here). The final
+    call repeats it without the step-up configuration, and names the
+    payment request, as Klarna asks.
+    """
 
     payment_id: UUID
     partner_account_id: str
-    session_token: str = attrs.field(repr=False)
+    session_token: str | None = attrs.field(repr=False)
     currency: str
     amount: int
     reference: str
     idempotency_key: str
     payment: Payment | None = attrs.field(default=None, eq=False, repr=False)
     """The payment as saved with the request, so recording the outcome needs no reload."""
+    call: str = "FINAL"
+    flow: Flow = Flow.AUTHORIZATION
+    payload: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
+    payment_request_id: str | None = None
 
     def request(self) -> dict[str, Any]:
         """Keyword arguments of ``KlarnaClient.authorize``."""
-        return {
+        payload = self.payload or {}
+        kwargs: dict[str, Any] = {
             "partner_account_id": self.partner_account_id,
             "session_token": self.session_token,
             "currency": self.currency,
-            "amount": self.amount,
-            "reference": self.reference,
             "idempotency_key": self.idempotency_key,
             "correlation_id": str(self.payment_id),
         }
+        if self.flow.authorizes:
+            kwargs["amount"] = self.amount
+            kwargs["reference"] = self.reference
+            kwargs["capture"] = payload.get("capture")
+            kwargs["payment_option_id"] = payload.get("payment_option_id")
+        if payload.get("purchase") is not None:
+            kwargs["purchase"] = SupplementaryPurchaseData.from_wire(payload["purchase"])
+        if payload.get("customer_token_request") is not None:
+            request = payload["customer_token_request"]
+            kwargs["customer_token_request"] = CustomerTokenRequest.from_wire(request)
+        if self.call == "INITIAL":
+            if payload.get("step_up") is not None:
+                kwargs["step_up"] = StepUpConfig.from_wire(payload["step_up"])
+        else:
+            kwargs["payment_request_id"] = self.payment_request_id
+        return kwargs
 
 
 def record_intent(ledger: AuthorizationLedger, payment_id: UUID) -> Intent:
@@ -150,21 +184,12 @@ def record_intent(ledger: AuthorizationLedger, payment_id: UUID) -> Intent:
     try:
         ledger.save(payment)
     except ConcurrentModification as e:
-        raise _lost_race(ledger, payment) from e
+        raise lost_race(ledger, payment) from e
     assert token is not None  # the guard requires a session token
-    return Intent(
-        payment_id=payment_id,
-        partner_account_id=account,
-        session_token=token,
-        currency=payment.currency,
-        amount=payment.amount,
-        reference=payment.reference,
-        idempotency_key=key,
-        payment=payment,
-    )
+    return intent_of(payment, account, token)
 
 
-def _lost_race(ledger: AuthorizationLedger, payment: Payment) -> ConcurrentModification:
+def lost_race(ledger: AuthorizationLedger, payment: Payment) -> ConcurrentModification:
     """The error for a request that another writer beat: it names the state found."""
     found = ledger.get(payment.id)
     if found.authorization_attempts >= payment.authorization_attempts:
@@ -213,20 +238,32 @@ def _expire_if_window_elapsed(ledger: AuthorizationLedger, payment: Payment, now
     )
 
 
-def resume_intent(ledger: AuthorizationLedger, payment: Payment) -> Intent:
-    """The recorded intent of a payment left ``AUTHORIZING`` (for reconcile)."""
-    assert payment.session_token is not None
+def intent_of(payment: Payment, account: str, session_token: str | None) -> Intent:
+    """The intent the payment recorded last (it is ``AUTHORIZING``)."""
     assert payment.idempotency_key is not None
     return Intent(
         payment_id=payment.id,
-        partner_account_id=payment.partner_account_id or ledger.partner_account_id or "",
-        session_token=ledger.unseal(payment.id, "session_token", payment.session_token),
+        partner_account_id=account,
+        session_token=session_token,
         currency=payment.currency,
         amount=payment.amount,
         reference=payment.reference,
         idempotency_key=payment.idempotency_key,
         payment=payment,
+        call=payment.pending_call or "FINAL",
+        flow=payment.flow,
+        payload=payment.initial_payload,
+        payment_request_id=payment.payment_request_id,
     )
+
+
+def resume_intent(ledger: AuthorizationLedger, payment: Payment) -> Intent:
+    """The recorded intent of a payment left ``AUTHORIZING`` (for reconcile)."""
+    token = None
+    if payment.session_token is not None:
+        token = ledger.unseal(payment.id, "session_token", payment.session_token)
+    account = payment.partner_account_id or ledger.partner_account_id or ""
+    return intent_of(payment, account, token)
 
 
 def is_ambiguous(error: KlarnaError, *, resent: bool = False) -> bool:
@@ -271,6 +308,8 @@ def record_outcome(
         ):
             return outcome_of(payment, error)  # someone else recorded it already
         was_unresolved = payment.is_unresolved
+        if response is not None and (unusable := unusable_answer(payment, response)):
+            response, error = None, unusable
         _apply(ledger, payment, response, error, cause=cause)
         try:
             ledger.save(payment)
@@ -300,14 +339,7 @@ def _apply(
             _mark_unresolved(payment, error, now, cause)
         # otherwise: stays AUTHORIZING for the next reconcile
     elif response.result is AuthorizationResult.APPROVED:
-        assert response.transaction is not None
-        payment.approve(
-            payment_transaction_id=response.transaction.payment_transaction_id,
-            correlation_id=response.correlation_id,
-            transaction_expires_at=response.transaction.expires_at,
-            now=now,
-            cause=cause,
-        )
+        _approve(ledger, payment, response, now, cause)
     elif response.result is AuthorizationResult.DECLINED:
         payment.decline(
             correlation_id=response.correlation_id,
@@ -317,14 +349,75 @@ def _apply(
         )
     else:
         step_up = response.step_up
+        expires_at = step_up.expires_at if step_up else None
         payment.require_step_up(
             correlation_id=response.correlation_id,
             payment_request_id=step_up.payment_request_id if step_up else None,
             payment_request_url=step_up.payment_request_url if step_up else None,
-            request_lifetime=ledger.request_lifetime,
+            request_expires_at=expires_at or now + ledger.request_lifetime,
+            method=step_up.method if step_up else None,
+            expiry_from_klarna=expires_at is not None,
             now=now,
             cause=cause,
         )
+
+
+def unusable_answer(payment: Payment, response: AuthorizationResponse) -> KlarnaError | None:
+    """The error for an approval that lacks what the payment's flow needs, else None.
+
+    An approval of a payment transaction without the transaction, or of a
+    pure tokenization without the customer token, cannot be recorded as
+    such; Klarna acted, so the payment stays pending (never failed).
+    """
+    if response.result is not AuthorizationResult.APPROVED:
+        return None
+    if payment.flow is Flow.TOKENIZATION and payment.pending_call == "INITIAL":
+        missing = "customer token" if response.customer_token is None else None
+    else:
+        missing = "payment transaction" if response.transaction is None else None
+    if missing is None:
+        return None
+    return KlarnaUnexpectedResponse(
+        f"Klarna approved payment {payment.id} without a {missing}",
+        status_code=response.status_code,
+        correlation_id=response.correlation_id,
+    )
+
+
+def _approve(
+    ledger: AuthorizationLedger,
+    payment: Payment,
+    response: AuthorizationResponse,
+    now: datetime,
+    cause: str,
+) -> None:
+    token = response.customer_token
+    sealed = None
+    if token is not None and payment.flow.tokenizes:
+        sealed = ledger.seal(payment.id, "customer_token", token.customer_token)
+    if payment.flow is Flow.TOKENIZATION and payment.pending_call == "INITIAL":
+        assert token is not None  # unusable_answer checked
+        assert sealed is not None
+        payment.approve_tokenization(
+            customer_token=sealed,
+            customer_token_reference=token.customer_token_reference,
+            scopes=list(token.scopes),
+            correlation_id=response.correlation_id,
+            now=now,
+            cause=cause,
+        )
+        return
+    transaction = response.transaction
+    assert transaction is not None  # unusable_answer checked
+    payment.approve(
+        payment_transaction_id=transaction.payment_transaction_id,
+        correlation_id=response.correlation_id,
+        transaction_expires_at=transaction.expires_at,
+        customer_token=sealed,
+        transaction=dict(transaction.raw) or None,
+        now=now,
+        cause=cause,
+    )
 
 
 def _fail(payment: Payment, error: KlarnaError, now: datetime, cause: str) -> None:
@@ -372,7 +465,7 @@ def outcome_of(payment: Payment, error: KlarnaError | None = None) -> Authorizat
         if error is None
         else (error.correlation_id or payment.correlation_id),
         payment_request_id=payment.payment_request_id,
-        payment_request_url=payment.step_up_url
+        payment_request_url=payment.payment_request_url
         if result is OutcomeResult.STEP_UP_REQUIRED
         else None,
         error=error,

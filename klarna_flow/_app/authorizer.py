@@ -21,13 +21,22 @@ from klarna_flow._app.authorization import (
     record_outcome,
     resume_intent,
 )
+from klarna_flow._app.initiation import INITIATE, InitiateOptions, record_initiation
 from klarna_flow._app.ports import AuthorizationLedger
 from klarna_flow._domain.lifecycle import PaymentState
 from klarna_flow._errors import InvalidInput, KlarnaError, KlarnaFlowError
 from klarna_flow._store.read_models import IndexRow
 from klarna_flow.klarna import AsyncKlarnaClient, AuthorizationResponse, KlarnaClient
 
-__all__ = ["authorize", "authorize_async", "reconcile", "reconcile_async", "stale_intents"]
+__all__ = [
+    "authorize",
+    "authorize_async",
+    "initiate",
+    "initiate_async",
+    "reconcile",
+    "reconcile_async",
+    "stale_intents",
+]
 
 logger = logging.getLogger("klarna_flow")
 
@@ -46,6 +55,25 @@ async def authorize_async(
     """:func:`authorize` with the async client; storage runs in a thread."""
     intent = await asyncio.to_thread(record_intent, ledger, payment_id)
     return await _send_async(ledger, client, intent, cause=AUTHORIZE)
+
+
+def initiate(
+    ledger: AuthorizationLedger, client: KlarnaClient, payment_id: UUID, options: InitiateOptions
+) -> AuthorizationOutcome:
+    """Record the initial call's intent, call Klarna, record the outcome."""
+    intent = record_initiation(ledger, payment_id, options)
+    return _send(ledger, client, intent, cause=INITIATE)
+
+
+async def initiate_async(
+    ledger: AuthorizationLedger,
+    client: AsyncKlarnaClient,
+    payment_id: UUID,
+    options: InitiateOptions,
+) -> AuthorizationOutcome:
+    """:func:`initiate` with the async client; storage runs in a thread."""
+    intent = await asyncio.to_thread(record_initiation, ledger, payment_id, options)
+    return await _send_async(ledger, client, intent, cause=INITIATE)
 
 
 def reconcile(

@@ -13,7 +13,7 @@ from klarna_flow._domain.payment import Payment
 from klarna_flow._domain.sealed import SealedSecret
 from klarna_flow._errors import InvalidInput
 from klarna_flow._shared.clock import Clock
-from klarna_flow._shared.validation import check_aware, check_cause, check_krn, check_secret_krn
+from klarna_flow._shared.validation import check_aware, check_cause, check_krn, check_token
 from klarna_flow._store.payment_store import PaymentStore
 
 __all__ = ["Ledger", "check_completion"]
@@ -53,8 +53,11 @@ class Ledger:
     def save(self, payment: Payment) -> None:
         self.store.save_payment(payment)
 
-    def seal(self, payment_id: UUID, field: str, token: str | None) -> SealedSecret | None:
-        return None if token is None else self.store.seal(payment_id, field, token)
+    def seal(self, payment_id: UUID, field: str, token: str) -> SealedSecret:
+        return self.store.seal(payment_id, field, token)
+
+    def seal_optional(self, payment_id: UUID, field: str, token: str | None) -> SealedSecret | None:
+        return None if token is None else self.seal(payment_id, field, token)
 
     def unseal(self, payment_id: UUID, field: str, sealed: SealedSecret) -> str:
         return self.store.unseal(payment_id, field, sealed)
@@ -85,8 +88,8 @@ class Ledger:
         if when > now + _CLOCK_SKEW:
             raise InvalidInput("completed_at", "lies in the future")
         payment.complete(
-            session_token=self.seal(payment.id, "session_token", session_token),
-            customer_token=self.seal(payment.id, "customer_token", customer_token),
+            session_token=self.seal_optional(payment.id, "session_token", session_token),
+            customer_token=self.seal_optional(payment.id, "customer_token", customer_token),
             completed_at=when,
             now=now,
             payment_request_id=payment_request_id,
@@ -101,8 +104,8 @@ def check_completion(
 ) -> None:
     """The shape of a completion's tokens and request id (tokens never echoed)."""
     if session_token is not None:
-        check_secret_krn(session_token, "session_token")
+        check_token(session_token, "session_token")
     if customer_token is not None:
-        check_secret_krn(customer_token, "customer_token")
+        check_token(customer_token, "customer_token")
     if payment_request_id is not None:
         check_krn(payment_request_id, "payment_request_id")

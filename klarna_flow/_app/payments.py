@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -20,7 +20,7 @@ from uuid import UUID
 
 from eventsourcing.utils import EnvType
 
-from klarna_flow._app import authorizer
+from klarna_flow._app import authorizer, cancellation
 from klarna_flow._app.authorization import AuthorizationOutcome, Intent, outcome_of
 from klarna_flow._app.checks import (
     check_flow,
@@ -28,6 +28,7 @@ from klarna_flow._app.checks import (
     check_type,
     usable,
 )
+from klarna_flow._app.initiation import InitiateOptions
 from klarna_flow._app.ledger import Ledger, check_completion
 from klarna_flow._app.notifications import NotificationHandler
 from klarna_flow._audit.log import AuditEntry, AuditLog, TextOut, VerificationReport
@@ -62,7 +63,14 @@ from klarna_flow._store.locations import is_postgres_url, postgres_env, sqlite_e
 from klarna_flow._store.payment_store import PaymentStore, check_payment_id, payment_id_for
 from klarna_flow._store.projections import Progress
 from klarna_flow._store.read_models import IndexRow
-from klarna_flow.klarna import AsyncKlarnaClient, KlarnaClient
+from klarna_flow.klarna import (
+    AsyncKlarnaClient,
+    Capture,
+    CustomerTokenScope,
+    KlarnaClient,
+    StepUpConfig,
+    SupplementaryPurchaseData,
+)
 from klarna_flow.klarna._webhooks import Headers, NotificationResult, check_signing_keys
 
 __all__ = ["Payments"]
@@ -331,18 +339,105 @@ class Payments:
         return payment
 
     def cancel(self, payment_id: UUID, *, cause: str = "command:cancel") -> Payment:
-        """Record that the payment was canceled before authorization was requested.
+        """Cancel the payment before a final authorization was requested.
+
+        When a payment request is open and a Klarna client is configured, the
+        request is canceled at Klarna first (``DELETE .../payment/requests/{id}``),
+        as Klarna recommends for abandoned requests; ``PaymentCanceled`` then
+        records ``at_klarna``. Without a client it is canceled here only (and
+        a warning is logged).
 
         Raises:
             InvalidTransition: authorization was requested, or the payment is final.
+            CancelRefused: Klarna would not cancel the request (the customer
+                completed it already, say); nothing was recorded.
+            KlarnaError: Klarna could not be reached; nothing was recorded
+                (canceling again is safe).
         """
         check_cause(cause)
-        payment = self.get(payment_id)
-        payment.cancel(now=self.now(), cause=cause)
-        self._ledger.save(payment)
-        return payment
+        payment_id = check_payment_id(payment_id)
+        return cancellation.cancel(self._ledger, self._optional_client(), payment_id, cause)
+
+    async def cancel_async(self, payment_id: UUID, *, cause: str = "command:cancel") -> Payment:
+        """:meth:`cancel` with ``AsyncKlarnaClient``; storage runs in a thread."""
+        check_cause(cause)
+        payment_id = check_payment_id(payment_id)
+        client = None if self.async_klarna is None else usable(self.async_klarna)
+        return await cancellation.cancel_async(self._ledger, client, payment_id, cause)
+
+    def _optional_client(self) -> KlarnaClient | None:
+        return None if self.klarna is None else usable(self.klarna)
 
     # -- authorization --------------------------------------------------------
+
+    def initiate(
+        self,
+        payment_id: UUID,
+        *,
+        step_up: StepUpConfig | None = None,
+        purchase: SupplementaryPurchaseData | None = None,
+        session_token: str | None = None,
+        capture: Capture | str | None = None,
+        payment_option_id: str | None = None,
+        customer_token_scopes: Sequence[CustomerTokenScope | str] | None = None,
+    ) -> AuthorizationOutcome:
+        """Send the initial authorize call of a ``CREATED`` payment, exactly once.
+
+        Records ``AuthorizationRequested`` (with its idempotency key and what
+        the call sends) before calling Klarna, then the outcome. The call
+        carries what the payment's flow asks for: a payment transaction
+        (``AUTHORIZATION``), a customer token (``TOKENIZATION``), or both.
+
+        Args:
+            step_up: how the customer steps up (required unless
+                ``session_token`` is given).
+            purchase: ``supplementary_purchase_data``.
+            session_token: a token from an earlier journey (Express checkout,
+                Sign in with Klarna); sealed at rest like every token.
+            capture: ``NOW`` to capture at authorization, or ``LATER``.
+            payment_option_id: Klarna's payment option, when chosen before.
+            customer_token_scopes: the scopes of the requested customer token
+                (tokenization flows; default customer not present).
+
+        Returns:
+            The recorded outcome: ``APPROVED`` (the transaction is recorded,
+            or for a pure tokenization the customer token, and the payment
+            is ``COMPLETED``), ``DECLINED``, ``STEP_UP_REQUIRED`` (the payment
+            waits for the customer in ``CREATED`` with Klarna's request id,
+            URL and ``expires_at``), ``FAILED`` (Klarna refused without
+            acting; the payment is ``CREATED`` again) or ``PENDING``.
+
+        Raises:
+            InvalidInput: a bad argument (nothing recorded, nothing sent).
+            InvalidTransition: the payment is not ``CREATED``, or a payment
+                request is already open.
+            AuthorizationInProgress: another worker initiated it first.
+            ConfigurationError: no Klarna client was given.
+        """
+        options = InitiateOptions(
+            step_up, purchase, session_token, capture, payment_option_id, customer_token_scopes
+        )
+        client = self._client()
+        return authorizer.initiate(self._ledger, client, check_payment_id(payment_id), options)
+
+    async def initiate_async(
+        self,
+        payment_id: UUID,
+        *,
+        step_up: StepUpConfig | None = None,
+        purchase: SupplementaryPurchaseData | None = None,
+        session_token: str | None = None,
+        capture: Capture | str | None = None,
+        payment_option_id: str | None = None,
+        customer_token_scopes: Sequence[CustomerTokenScope | str] | None = None,
+    ) -> AuthorizationOutcome:
+        """:meth:`initiate` with ``AsyncKlarnaClient``; storage runs in a thread."""
+        options = InitiateOptions(
+            step_up, purchase, session_token, capture, payment_option_id, customer_token_scopes
+        )
+        client = self._async_client()
+        payment_id = check_payment_id(payment_id)
+        return await authorizer.initiate_async(self._ledger, client, payment_id, options)
 
     def authorize(self, payment_id: UUID) -> AuthorizationOutcome:
         """Authorize a completed payment with Klarna, exactly once.

@@ -44,6 +44,10 @@ class AuthorizationLedger(_Payments, Protocol):
         """The token sealed in ``field`` of the payment."""
         ...
 
+    def seal(self, payment_id: UUID, field: str, token: str) -> SealedSecret:
+        """``token`` sealed for ``field`` of the payment."""
+        ...
+
 
 class NotificationLedger(_Payments, Protocol):
     """What applying Klarna's notifications needs."""

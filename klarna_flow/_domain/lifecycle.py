@@ -123,6 +123,11 @@ class Facts:
     has_customer_token: bool = False
     reported_by_klarna: bool = False
     authorization_requested: bool = False
+    """A final authorization was requested for the current payment request."""
+    request_open: bool = False
+    """A payment request exists (Klarna's id is known) and awaits the customer."""
+    initial_call_pending: bool = False
+    """The pending authorize call is the initial one."""
 
 
 @attrs.frozen
@@ -158,6 +163,24 @@ def _not_final(f: Facts) -> bool:
     return not is_final(f.state, f.flow)
 
 
+NO_REQUEST_OPEN = Guard(
+    "no_payment_request_open",
+    lambda f: not f.request_open,
+    InvalidTransition,
+    "a payment request is already open: the customer completes it, or it is canceled",
+)
+INITIAL_CALL_PENDING = Guard(
+    "initial_call_pending",
+    lambda f: f.initial_call_pending,
+    InvalidTransition,
+    "the pending authorize call is not the initial one",
+)
+PURE_TOKENIZATION = Guard(
+    "flow_is_pure_tokenization",
+    lambda f: f.flow is Flow.TOKENIZATION,
+    WrongFlow,
+    "only a pure tokenization payment completes on its customer token alone",
+)
 NEVER_REQUESTED = Guard(
     "authorization_never_requested",
     lambda f: not f.authorization_requested,
@@ -204,6 +227,14 @@ NOT_FINAL = Guard(
 
 _T = PaymentState
 _TABLE: list[dict[str, Any]] = [
+    # The initial authorize call (intent first); Klarna answers with a verdict
+    # or a payment request for the customer (require_step_up).
+    {
+        "trigger": "initiate",
+        "source": _T.CREATED,
+        "dest": _T.AUTHORIZING,
+        "conditions": [NO_REQUEST_OPEN],
+    },
     {
         "trigger": "complete",
         "source": _T.CREATED,
@@ -221,7 +252,21 @@ _TABLE: list[dict[str, Any]] = [
     # Klarna reports that it declined the payment request itself (a notification).
     {"trigger": "decline_request", "source": _T.CREATED, "dest": _T.DECLINED},
     {"trigger": "require_step_up", "source": _T.AUTHORIZING, "dest": _T.CREATED},
+    # A pure tokenization approved at the initial call: the customer token is held.
+    {
+        "trigger": "approve_tokenization",
+        "source": _T.AUTHORIZING,
+        "dest": _T.COMPLETED,
+        "conditions": [PURE_TOKENIZATION, INITIAL_CALL_PENDING],
+    },
+    # Klarna refused without acting: back to where the attempt began.
     {"trigger": "fail", "source": _T.AUTHORIZING, "dest": _T.COMPLETED},
+    {
+        "trigger": "fail_initiation",
+        "source": _T.AUTHORIZING,
+        "dest": _T.CREATED,
+        "conditions": [INITIAL_CALL_PENDING],
+    },
     {
         "trigger": "expire",
         "source": [_T.CREATED, _T.COMPLETED],

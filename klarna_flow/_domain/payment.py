@@ -25,7 +25,7 @@ from klarna_flow._domain.lifecycle import (
     decide,
 )
 from klarna_flow._domain.sealed import SealedSecret
-from klarna_flow._errors import InvalidTransition
+from klarna_flow._errors import InvalidInput, InvalidTransition
 
 __all__ = ["EVENT_STATES", "Payment"]
 
@@ -92,8 +92,18 @@ class Payment(Aggregate):
             payment.payment_request_id = self.payment_request_id
 
     class AuthorizationRequested(Event):
+        """An authorize call is about to be sent with ``idempotency_key``.
+
+        ``call`` is ``INITIAL`` (the first call, with the purchase and the
+        step-up configuration in ``payload``, and the session token given to
+        it, sealed) or ``FINAL`` (with the completion's session token).
+        """
+
         idempotency_key: str
         attempt: int
+        call: str = "FINAL"
+        payload: dict[str, Any] | None = None
+        session_token: SealedSecret | None = None
 
         def apply(self, payment: Payment) -> None:
             payment.state = PaymentState.AUTHORIZING
@@ -101,6 +111,12 @@ class Payment(Aggregate):
             payment.authorization_attempts = self.attempt
             payment.last_result = "PENDING"
             payment.unresolved_reason = None
+            payment.pending_call = self.call
+            if self.call == "INITIAL":
+                payment.initial_payload = self.payload
+                payment.session_token = self.session_token
+            else:
+                payment.final_requested = True
 
     class AuthorizationUnresolved(Event):
         """A re-send got an answer that proves nothing: the payment waits for evidence."""
@@ -114,13 +130,35 @@ class Payment(Aggregate):
             payment.correlation_id = self.correlation_id
 
     class AuthorizationApproved(Event):
+        """Klarna approved: ``transaction`` is the transaction as Klarna returned it."""
+
         payment_transaction_id: str
         correlation_id: str | None
         transaction_expires_at: datetime | None
+        customer_token: SealedSecret | None = None
+        transaction: dict[str, Any] | None = None
 
         def apply(self, payment: Payment) -> None:
             payment.state = PaymentState.AUTHORIZED
             payment.payment_transaction_id = self.payment_transaction_id
+            payment.correlation_id = self.correlation_id
+            payment.last_result = "APPROVED"
+            payment.transaction = self.transaction
+            if self.customer_token is not None:
+                payment.customer_token = self.customer_token
+
+    class TokenizationApproved(Event):
+        """Klarna issued the customer token of a pure tokenization at the initial call."""
+
+        correlation_id: str | None
+        customer_token: SealedSecret
+        customer_token_reference: str | None
+        scopes: list[str]
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.COMPLETED
+            payment.completed_at = self.timestamp
+            payment.customer_token = self.customer_token
             payment.correlation_id = self.correlation_id
             payment.last_result = "APPROVED"
 
@@ -135,10 +173,18 @@ class Payment(Aggregate):
             payment.last_result = "DECLINED"
 
     class StepUpRequired(Event):
+        """Klarna answered with a payment request the customer must go through.
+
+        ``request_expires_at`` is Klarna's ``expires_at`` when it gave one
+        (``expiry_from_klarna``), else the configured default lifetime.
+        """
+
         correlation_id: str | None
         payment_request_id: str | None
         payment_request_url: str | None
         request_expires_at: datetime
+        method: str | None = None
+        expiry_from_klarna: bool = False
 
         def apply(self, payment: Payment) -> None:
             payment.state = PaymentState.CREATED
@@ -148,10 +194,15 @@ class Payment(Aggregate):
             payment.completed_at = None
             if self.payment_request_id is not None:
                 payment.payment_request_id = self.payment_request_id
-            payment.step_up_url = self.payment_request_url
+            payment.payment_request_url = self.payment_request_url
+            payment.request_method = self.method
+            payment.final_requested = False
+            payment.pending_call = None
             payment.last_result = "STEP_UP_REQUIRED"
 
     class AuthorizationFailed(Event):
+        """Klarna refused the final call without acting: ``COMPLETED`` again."""
+
         correlation_id: str | None
         error: str
         status_code: int | None
@@ -161,6 +212,21 @@ class Payment(Aggregate):
             payment.correlation_id = self.correlation_id
             payment.last_error = self.error
             payment.last_result = "FAILED"
+            payment.pending_call = None
+
+    class InitiationFailed(Event):
+        """Klarna refused the initial call without acting: ``CREATED`` again."""
+
+        correlation_id: str | None
+        error: str
+        status_code: int | None
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.CREATED
+            payment.correlation_id = self.correlation_id
+            payment.last_error = self.error
+            payment.last_result = "FAILED"
+            payment.pending_call = None
 
     class PaymentExpired(Event):
         reason: str
@@ -170,6 +236,10 @@ class Payment(Aggregate):
             payment.expiry_reason = self.reason
 
     class PaymentCanceled(Event):
+        """Canceled; ``at_klarna`` when Klarna canceled the open payment request first."""
+
+        at_klarna: bool = False
+
         def apply(self, payment: Payment) -> None:
             payment.state = PaymentState.CANCELED
 
@@ -192,9 +262,13 @@ class Payment(Aggregate):
 
         event_type: str
         klarna_state: str | None
+        request_expires_at: datetime | None = None
 
         def apply(self, payment: Payment) -> None:
-            del payment  # recorded for the audit trail (and deduplication) only
+            # Recorded for the audit trail (and deduplication); a new expiry
+            # Klarna names is the request's deadline from now on.
+            if self.request_expires_at is not None:
+                payment.request_expires_at = self.request_expires_at
 
     def __init__(  # noqa: PLR0917  (eventsourcing passes event fields by name)
         self,
@@ -224,7 +298,12 @@ class Payment(Aggregate):
         self.payment_transaction_id: str | None = None
         self.correlation_id: str | None = None
         self.decline_reason: str | None = None
-        self.step_up_url: str | None = None
+        self.payment_request_url: str | None = None
+        self.request_method: str | None = None
+        self.pending_call: str | None = None
+        self.initial_payload: dict[str, Any] | None = None
+        self.final_requested = False
+        self.transaction: dict[str, Any] | None = None
         self.last_error: str | None = None
         self.expiry_reason: str | None = None
         self.last_result: str | None = None
@@ -297,8 +376,20 @@ class Payment(Aggregate):
             has_session_token=self.session_token is not None,
             has_customer_token=self.customer_token is not None,
             reported_by_klarna=reported_by_klarna,
-            authorization_requested=self.authorization_attempts > 0,
+            authorization_requested=self.final_requested,
+            request_open=self.state is PaymentState.CREATED and self.payment_request_id is not None,
+            initial_call_pending=self.is_initial_call_pending,
         )
+
+    @property
+    def step_up_url(self) -> str | None:
+        """Deprecated name of :attr:`payment_request_url`."""
+        return self.payment_request_url
+
+    @property
+    def is_initial_call_pending(self) -> bool:
+        """True while the initial authorize call's outcome is unknown."""
+        return self.state is PaymentState.AUTHORIZING and self.pending_call == "INITIAL"
 
     # -- commands -----------------------------------------------------------
 
@@ -343,6 +434,28 @@ class Payment(Aggregate):
                 payment_request_id=payment_request_id,
             )
 
+    def initiate(
+        self,
+        *,
+        idempotency_key: str,
+        payload: dict[str, Any],
+        session_token: SealedSecret | None,
+        now: datetime,
+        cause: str = "command:initiate",
+    ) -> None:
+        """Record ``AuthorizationRequested`` of the initial call (no request open yet)."""
+        decide("initiate", self.facts(now), payment_id=self.id)
+        self._record(
+            self.AuthorizationRequested,
+            now,
+            cause,
+            idempotency_key=idempotency_key,
+            attempt=self.authorization_attempts + 1,
+            call="INITIAL",
+            payload=payload,
+            session_token=session_token,
+        )
+
     def request_authorization(
         self, *, idempotency_key: str, now: datetime, cause: str = "command:authorize"
     ) -> None:
@@ -364,6 +477,8 @@ class Payment(Aggregate):
         transaction_expires_at: datetime | None,
         now: datetime,
         cause: str,
+        customer_token: SealedSecret | None = None,
+        transaction: dict[str, Any] | None = None,
     ) -> None:
         decide("approve", self.facts(now), payment_id=self.id)
         self._record(
@@ -373,6 +488,30 @@ class Payment(Aggregate):
             payment_transaction_id=payment_transaction_id,
             correlation_id=correlation_id,
             transaction_expires_at=transaction_expires_at,
+            customer_token=customer_token,
+            transaction=transaction,
+        )
+
+    def approve_tokenization(
+        self,
+        *,
+        customer_token: SealedSecret,
+        customer_token_reference: str | None,
+        scopes: list[str],
+        correlation_id: str | None,
+        now: datetime,
+        cause: str,
+    ) -> None:
+        """Record ``TokenizationApproved``: a pure tokenization's initial call got its token."""
+        decide("approve_tokenization", self.facts(now), payment_id=self.id)
+        self._record(
+            self.TokenizationApproved,
+            now,
+            cause,
+            correlation_id=correlation_id,
+            customer_token=customer_token,
+            customer_token_reference=customer_token_reference,
+            scopes=scopes,
         )
 
     def decline(
@@ -398,11 +537,23 @@ class Payment(Aggregate):
         correlation_id: str | None,
         payment_request_id: str | None,
         payment_request_url: str | None,
-        request_lifetime: timedelta,
         now: datetime,
         cause: str,
+        request_expires_at: datetime | None = None,
+        request_lifetime: timedelta | None = None,
+        method: str | None = None,
+        expiry_from_klarna: bool = False,
     ) -> None:
-        """Record ``StepUpRequired``: back to ``CREATED`` with a new payment request."""
+        """Record ``StepUpRequired``: back to ``CREATED`` with a new payment request.
+
+        The request expires at ``request_expires_at`` (Klarna's), or
+        ``request_lifetime`` from ``now``: exactly one is given.
+        """
+        if (request_expires_at is None) == (request_lifetime is None):
+            raise InvalidInput("request_expires_at", "give it or request_lifetime, not both")
+        if request_expires_at is None:
+            assert request_lifetime is not None
+            request_expires_at = now + request_lifetime
         decide("require_step_up", self.facts(now), payment_id=self.id)
         self._record(
             self.StepUpRequired,
@@ -411,7 +562,9 @@ class Payment(Aggregate):
             correlation_id=correlation_id,
             payment_request_id=payment_request_id,
             payment_request_url=payment_request_url,
-            request_expires_at=now + request_lifetime,
+            request_expires_at=request_expires_at,
+            method=method,
+            expiry_from_klarna=expiry_from_klarna,
         )
 
     def fail(
@@ -423,9 +576,42 @@ class Payment(Aggregate):
         now: datetime,
         cause: str,
     ) -> None:
+        """Record that Klarna refused the pending call without acting.
+
+        The initial call's refusal is :meth:`fail_initiation` (back to ``CREATED``).
+        """
+        if self.is_initial_call_pending:
+            self.fail_initiation(
+                error=error,
+                status_code=status_code,
+                correlation_id=correlation_id,
+                now=now,
+                cause=cause,
+            )
+            return
         decide("fail", self.facts(now), payment_id=self.id)
         self._record(
             self.AuthorizationFailed,
+            now,
+            cause,
+            error=error,
+            status_code=status_code,
+            correlation_id=correlation_id,
+        )
+
+    def fail_initiation(
+        self,
+        *,
+        error: str,
+        status_code: int | None,
+        correlation_id: str | None,
+        now: datetime,
+        cause: str,
+    ) -> None:
+        """Record ``InitiationFailed``: the initial call was refused; ``CREATED`` again."""
+        decide("fail_initiation", self.facts(now), payment_id=self.id)
+        self._record(
+            self.InitiationFailed,
             now,
             cause,
             error=error,
@@ -473,9 +659,15 @@ class Payment(Aggregate):
         decide("expire", facts, payment_id=self.id)
         self._record(self.PaymentExpired, now, cause, reason=reason)
 
-    def cancel(self, *, now: datetime, cause: str = "command:cancel") -> None:
+    def check_cancel(self, now: datetime) -> None:
+        """Raise what :meth:`cancel` would raise, recording nothing (before calling Klarna)."""
         decide("cancel", self.facts(now), payment_id=self.id)
-        self._record(self.PaymentCanceled, now, cause)
+
+    def cancel(
+        self, *, now: datetime, cause: str = "command:cancel", at_klarna: bool = False
+    ) -> None:
+        decide("cancel", self.facts(now), payment_id=self.id)
+        self._record(self.PaymentCanceled, now, cause, at_klarna=at_klarna)
 
     def decline_request(
         self, *, now: datetime, cause: str, reason: str = "PAYMENT_REQUEST_DECLINED"
@@ -485,7 +677,13 @@ class Payment(Aggregate):
         self._record(self.PaymentRequestDeclined, now, cause, reason=reason)
 
     def note_request_report(
-        self, *, event_type: str, klarna_state: str | None, now: datetime, cause: str
+        self,
+        *,
+        event_type: str,
+        klarna_state: str | None,
+        now: datetime,
+        cause: str,
+        request_expires_at: datetime | None = None,
     ) -> None:
         """Record ``PaymentRequestReported`` while the payment request is open (``CREATED``).
 
@@ -506,6 +704,7 @@ class Payment(Aggregate):
             cause,
             event_type=event_type,
             klarna_state=klarna_state,
+            request_expires_at=request_expires_at,
         )
 
     def _record(
@@ -521,9 +720,11 @@ EVENT_STATES: dict[str, PaymentState | None] = {
     "AuthorizationRequested": PaymentState.AUTHORIZING,
     "AuthorizationUnresolved": None,
     "AuthorizationApproved": PaymentState.AUTHORIZED,
+    "TokenizationApproved": PaymentState.COMPLETED,
     "AuthorizationDeclined": PaymentState.DECLINED,
     "StepUpRequired": PaymentState.CREATED,
     "AuthorizationFailed": PaymentState.COMPLETED,
+    "InitiationFailed": PaymentState.CREATED,
     "PaymentExpired": PaymentState.EXPIRED,
     "PaymentCanceled": PaymentState.CANCELED,
     "PaymentRequestDeclined": PaymentState.DECLINED,

@@ -36,6 +36,7 @@ __all__ = [
     "StepUpMethod",
     "SupplementaryPurchaseData",
     "iso_duration",
+    "parse_iso_duration",
 ]
 
 MIN_INTERACTION_EXPIRY = timedelta(minutes=15)
@@ -234,6 +235,50 @@ class StepUpConfig:
             config = {"payment_request_reference": self.payment_request_reference, **config}
         return config
 
+    @classmethod
+    def from_wire(cls, data: object) -> Self:
+        """Read back what :meth:`to_wire` wrote.
+
+        Raises:
+            InvalidInput: not that shape.
+        """
+        config = _mapping(data, "step_up")
+        interaction = _mapping(config.get("customer_interaction_config"), "step_up")
+        expiry = interaction.get("interaction_expiry")
+        return cls(
+            return_url=interaction.get("return_url"),  # type: ignore[arg-type]  # checked
+            app_return_url=interaction.get("app_return_url"),
+            method=interaction.get("method", StepUpMethod.HANDOVER),
+            interaction_expiry=None if expiry is None else _expiry(expiry),
+            payment_request_reference=config.get("payment_request_reference"),
+        )
+
+
+def _expiry(value: object) -> timedelta | datetime:
+    data = _mapping(value, "step_up.interaction_expiry")
+    if "duration" in data:
+        return parse_iso_duration(data["duration"])
+    try:
+        return datetime.fromisoformat(str(data.get("timestamp")))
+    except ValueError:
+        raise InvalidInput("step_up.interaction_expiry", "is not a duration or a time") from None
+
+
+_DURATION = re.compile(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?")
+
+
+def parse_iso_duration(value: object) -> timedelta:
+    """An ISO 8601 time duration (``PT15M``, ``PT1H30M``) as a ``timedelta``.
+
+    Raises:
+        InvalidInput: not a ``PT..H..M..S`` duration.
+    """
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None or value == "PT":
+        raise InvalidInput("step_up.interaction_expiry", "is not an ISO 8601 duration")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
 
 @attrs.frozen
 class CustomerTokenRequest:
@@ -264,6 +309,19 @@ class CustomerTokenRequest:
         if self.customer_token_reference is not None:
             wire["customer_token_reference"] = self.customer_token_reference
         return wire
+
+    @classmethod
+    def from_wire(cls, data: object) -> Self:
+        """Read back what :meth:`to_wire` wrote.
+
+        Raises:
+            InvalidInput: not that shape.
+        """
+        fields = _mapping(data, "customer_token_request")
+        return cls(
+            scopes=fields.get("scopes", ()),
+            customer_token_reference=fields.get("customer_token_reference"),
+        )
 
 
 _ADDRESS_FIELDS = ("street_address", "street_address2", "postal_code", "city", "region", "country")

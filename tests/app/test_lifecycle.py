@@ -30,6 +30,7 @@ from klarna_flow import (
     Payment,
     Payments,
     PaymentState,
+    SealedSecret,
     WrongFlow,
     diagram,
 )
@@ -43,6 +44,9 @@ AUTHORIZING_FLOWS = [Flow.AUTHORIZATION, Flow.AUTHORIZATION_AND_TOKENIZATION]
 
 # The transition table of the design, as (trigger, source, dest).
 DESIGN_TABLE = {
+    ("initiate", S.CREATED, S.AUTHORIZING),
+    ("approve_tokenization", S.AUTHORIZING, S.COMPLETED),
+    ("fail_initiation", S.AUTHORIZING, S.CREATED),
     ("complete", S.CREATED, S.COMPLETED),
     ("request_authorization", S.COMPLETED, S.AUTHORIZING),
     ("approve", S.AUTHORIZING, S.AUTHORIZED),
@@ -169,7 +173,36 @@ def _fail(payment: Payment, payments: Payments) -> None:
     )
 
 
+def _initiate(payment: Payment, payments: Payments) -> None:
+    key = f"idem-{payment.authorization_attempts + 1}"
+    payment.initiate(idempotency_key=key, payload={}, session_token=None, now=payments.now())
+
+
+def _approve_tokenization(payment: Payment, payments: Payments) -> None:
+    payment.approve_tokenization(
+        customer_token=SealedSecret(key_id="k1", nonce="bm9uY2U=", ciphertext="Y2lwaGVy"),
+        customer_token_reference=None,
+        scopes=["payment:customer_not_present"],
+        correlation_id="corr-token",
+        now=payments.now(),
+        cause="command:test",
+    )
+
+
+def _fail_initiation(payment: Payment, payments: Payments) -> None:
+    payment.fail_initiation(
+        error="KlarnaValidationError: 400",
+        status_code=400,
+        correlation_id="corr-fail",
+        now=payments.now(),
+        cause="command:test",
+    )
+
+
 DOMAIN_COMMANDS: dict[str, Callable[[Payment, Payments], None]] = {
+    "initiate": _initiate,
+    "approve_tokenization": _approve_tokenization,
+    "fail_initiation": _fail_initiation,
     "request_authorization": _request_authorization,
     "approve": _approve,
     "decline": _decline,

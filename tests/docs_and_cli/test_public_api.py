@@ -14,6 +14,7 @@ import klarna_flow
 import klarna_flow.testing
 
 EXPORTED = [
+    "Address",
     "AsyncKlarnaClient",
     "AuditEntry",
     "AuditLog",
@@ -22,10 +23,14 @@ EXPORTED = [
     "AuthorizationResponse",
     "AuthorizationResult",
     "AuthorizationWindowElapsed",
+    "CancelRefused",
+    "Capture",
     "Clock",
     "CommandRefused",
     "ConcurrentModification",
     "ConfigurationError",
+    "Customer",
+    "CustomerTokenScope",
     "Finding",
     "Flow",
     "IndexRow",
@@ -46,6 +51,7 @@ EXPORTED = [
     "KlarnaTransportError",
     "KlarnaUnexpectedResponse",
     "KlarnaValidationError",
+    "LineItem",
     "MalformedNotification",
     "MissingToken",
     "NaiveDatetime",
@@ -61,7 +67,11 @@ EXPORTED = [
     "ReferenceConflict",
     "RetryPolicy",
     "SealedSecret",
+    "Shipment",
+    "StepUpConfig",
+    "StepUpMethod",
     "StorageError",
+    "SupplementaryPurchaseData",
     "SystemClock",
     "TokenCipher",
     "VerificationReport",
@@ -122,8 +132,8 @@ PAYMENTS_SURFACE = {
     "sqlite", "postgres", "open", "clock", "partner_account_id", "request_lifetime",
     "cipher", "is_durable", "klarna", "async_klarna", "now", "close",
     # commands
-    "create", "identify_payment_request", "complete", "expire", "cancel",
-    "authorize", "authorize_async", "reconcile", "reconcile_async", "expire_overdue",
+    "create", "identify_payment_request", "complete", "expire", "cancel", "cancel_async",
+    "initiate", "initiate_async", "authorize", "authorize_async", "reconcile", "reconcile_async", "expire_overdue",
     "handle_notification", "handle_notification_async",
     # queries
     "get", "state_at", "stored_events", "outcome", "unresolved", "find_by_payment_request",
