@@ -46,6 +46,7 @@ from klarna_flow.klarna._webhooks import (
     check_signing_keys,
     completion_tokens,
     parse_envelope,
+    reported_expiry,
     reported_state,
     verify_signature,
 )
@@ -180,9 +181,12 @@ class NotificationHandler:
         elif kind == DECLINED:
             payment.decline_request(now=now, cause=cause)
         else:
-            klarna_state = reported_state(kind, envelope.payload)
             payment.note_request_report(
-                event_type=kind, klarna_state=klarna_state, now=now, cause=cause
+                event_type=kind,
+                klarna_state=reported_state(kind, envelope.payload),
+                request_expires_at=reported_expiry(envelope.payload),
+                now=now,
+                cause=cause,
             )
         self.ledger.save(payment)
         return True

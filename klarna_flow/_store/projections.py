@@ -113,6 +113,8 @@ def _read_in_full(previous: IndexRow, n: Notification, kind: str, state: str) ->
     if kind == "StepUpRequired":
         request_expires_at = seconds(payload["request_expires_at"])
         authorize_by = None
+    elif kind == "PaymentRequestReported" and payload.get("request_expires_at") is not None:
+        request_expires_at = seconds(payload["request_expires_at"])  # Klarna's new deadline
     payment_request_id = payload.get("payment_request_id")
     return IndexRow(
         previous.payment_id,
@@ -255,6 +257,10 @@ class _Folded:
         return None
 
 
+def _names_expiry(stored: bytes) -> bool:
+    return fields(stored).get("request_expires_at") is not None
+
+
 class _Fold:
     """The whole log folded per payment, keeping only the records rows are made of.
 
@@ -291,6 +297,8 @@ class _Fold:
                     a.completed = stored
                 elif kind == "StepUpRequired":
                     a.completed, a.renewed = None, stored
+                elif kind == "PaymentRequestReported" and _names_expiry(stored):
+                    a.renewed = stored  # Klarna named a new deadline for the request
         self.events += len(batch)
 
     def values(self) -> list[RowValues]:

@@ -28,6 +28,7 @@ import attrs
 
 from klarna_flow._errors import InvalidInput, InvalidSignature, MalformedNotification
 from klarna_flow._shared.validation import check_aware
+from klarna_flow.klarna._wire import instant
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -233,6 +234,22 @@ def reported_state(event_type: str, payload: Mapping[str, Any]) -> str | None:
         return event_type[len(_STATE_CHANGE) :].upper().replace("-", "_")
     state = payload.get("state")
     return state if isinstance(state, str) and _KLARNA_STATE.fullmatch(state) else None
+
+
+def reported_expiry(payload: Mapping[str, Any]) -> datetime | None:
+    """The request's ``expires_at`` when a report carries a readable one, else None.
+
+    Klarna reflects a custom lifetime (``interaction_expiry``) there; a
+    value that cannot be read is left out rather than guessed.
+    """
+    found = payload.get("expires_at")
+    if found is None:
+        context = payload.get("state_context")
+        found = context.get("expires_at") if isinstance(context, Mapping) else None
+    try:
+        return instant(found, "expires_at")
+    except ValueError:
+        return None
 
 
 def check_signing_keys(keys: object) -> dict[str, bytes]:

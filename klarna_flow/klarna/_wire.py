@@ -30,6 +30,7 @@ __all__ = [
     "StepUp",
     "authorization_body",
     "decode_object",
+    "instant",
     "parse_authorization",
     "parse_payment_request",
     "parse_transaction",
@@ -407,6 +408,11 @@ def _int(data: Mapping[str, Any], name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _ShapeError(f"{name} is missing or not an integer")
     return value
+
+
+def instant(value: object, name: str) -> datetime | None:
+    """:func:`_instant` for other modules: raises ``ValueError`` on a bad time."""
+    return _instant(value, name)
 
 
 def _instant(value: object, name: str) -> datetime | None:
