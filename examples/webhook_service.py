@@ -2,11 +2,14 @@
 
 Routes:
 
-- ``POST /webhooks/klarna``: the raw body and headers go to
-  ``Payments.handle_notification_async``; the service answers with the status
-  it returns (2xx acknowledges; 400 for a bad signature or body; 404 for a
+- ``/webhooks/klarna/``: :func:`klarna_flow.asgi.notification_app`, mounted.
+  ``POST`` hands the raw body and headers to
+  ``Payments.handle_notification_async`` and answers with the status it
+  returns (2xx acknowledges; 400 for a bad signature or body; 404 for a
   payment request not known yet and 503 when the store failed, both of which
-  Klarna retries) and a small JSON body.
+  Klarna retries; 413 for a body over 1 MiB) and a small JSON body;
+  ``GET /webhooks/klarna/health`` answers 200. Register the mount's root,
+  ``https://<host>/webhooks/klarna/`` (with its slash), with Klarna.
 - ``POST /payments/{payment_id}/authorize``: ``Payments.authorize_async``;
   the recorded outcome as JSON, 200 (202 while it is ``PENDING``: reconcile
   will finish it). Refusals map to 404 (no such payment), 409 (the payment's
@@ -34,7 +37,7 @@ from uuid import UUID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from klarna_flow import (
     AuthorizationOutcome,
@@ -50,20 +53,13 @@ from klarna_flow import (
     StorageError,
     WrongFlow,
 )
+from klarna_flow.asgi import notification_app
 
 __all__ = ["create_app", "outcome_json"]
 
 
 def create_app(payments: Payments) -> Starlette:
     """The service's ASGI app, answering for ``payments``."""
-
-    async def webhook(request: Request) -> JSONResponse:
-        body = await request.body()
-        result = await payments.handle_notification_async(body, request.headers)
-        return JSONResponse(
-            {"outcome": result.outcome, "event_id": result.event_id},
-            status_code=result.status_code,
-        )
 
     async def authorize(request: Request) -> JSONResponse:
         payment_id: UUID = request.path_params["payment_id"]
@@ -79,7 +75,7 @@ def create_app(payments: Payments) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/webhooks/klarna", webhook, methods=["POST"]),
+            Mount("/webhooks/klarna", app=notification_app(payments)),
             Route("/payments/{payment_id:uuid}/authorize", authorize, methods=["POST"]),
         ]
     )

@@ -55,7 +55,7 @@ def post_notification(
 ) -> httpx.Response:
     async def scenario(http: httpx.AsyncClient) -> httpx.Response:
         return await http.post(
-            "/webhooks/klarna",
+            "/webhooks/klarna/",
             content=notification.body,
             headers=notification.headers if headers is None else headers,
         )
@@ -114,9 +114,20 @@ def test_an_unknown_payment_request_is_answered_404_for_klarna_to_retry(kit: Kit
 
 def test_the_webhook_takes_only_post(kit: Kit) -> None:
     async def scenario(http: httpx.AsyncClient) -> httpx.Response:
-        return await http.get("/webhooks/klarna")
+        return await http.get("/webhooks/klarna/")
 
-    assert call(kit, scenario).status_code == 405
+    response = call(kit, scenario)
+
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+
+
+def test_the_webhook_has_a_health_check(kit: Kit) -> None:
+    async def scenario(http: httpx.AsyncClient) -> httpx.Response:
+        return await http.get("/webhooks/klarna/health")
+
+    response = call(kit, scenario)
+
+    assert (response.status_code, body(response)) == (200, {"status": "ok"})
 
 
 # -- authorize --------------------------------------------------------------------------
