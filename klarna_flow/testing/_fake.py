@@ -1,79 +1,144 @@
-"""FakeKlarna: a stateful, in-process double of Klarna's Payment Authorize API.
+"""FakeKlarna: a stateful, in-process double of Klarna's v2 payment API.
 
 It is an ``httpx.Request -> httpx.Response`` callable, so
 ``httpx.MockTransport(fake)`` plugs it into either client, and
-:func:`~klarna_flow.testing.serve_fake` serves it on loopback.
+:func:`~klarna_flow.testing.serve_fake` serves it on loopback. It plays the
+whole journey (klarna-api.md §1): the initial authorize call, the customer's
+side (from Python), the final call, customer-token charges, payment-request
+cancel and transaction read. Only its own clock (``fake.clock``) decides
+expiry: requests, session tokens, the idempotency window.
 
-Its answers, including those it chose where Klarna documents none (tests
-rely on them):
+Endpoints (``{account}`` may be percent-escaped):
 
-- wrong or missing ``Authorization``: 401 ``UNAUTHORIZED``;
+- ``POST /v2/accounts/{account}/payment/authorize``
+- ``DELETE /v2/accounts/{account}/payment/requests/{payment_request_id}``
+- ``GET /v2/accounts/{account}/payment/transactions/{payment_transaction_id}``
+
+Any other method or path: 404 ``RESOURCE_NOT_FOUND`` (recorded, no script used).
+
+Authorize, by the tokens it carries (a session token in
+``Klarna-Network-Session-Token``, or the older ``Klarna-Payment-Token`` /
+``Klarna-Interoperability-Token``; a customer token in ``Klarna-Customer-Token``):
+
+- no token (initial call): ``STEP_UP_REQUIRED`` with a new ``SUBMITTED``
+  payment request, living ``interaction_expiry`` (duration or timestamp) or 3
+  hours; without ``step_up_config``: 400 ``VALIDATION_ERROR`` (parameter
+  ``step_up_config``) unless ``approve_next``/``decline_next`` was scripted;
+- session token (final call, or an initial call with a token from
+  ``issue_session_token``): ``APPROVED`` unless scripted; the amount and
+  currency must be the request's; ``payment_request_id`` (top level), when
+  sent, must name the token's request; ``step_up_config`` is refused on a
+  final call (it is allowed with an ``issue_session_token`` token);
+- customer token: customer present with ``step_up_config`` (scope
+  ``payment:customer_present``), else not present (scope
+  ``payment:customer_not_present``); ``APPROVED`` unless scripted.
+
+Answers in Klarna's shapes (klarna-api.md §2.2): ``payment_transaction_response``
+when ``request_payment_transaction`` was sent, ``customer_token_response``
+when ``request_customer_token`` was; an approval's transaction is
+``AUTHORIZED`` (``COMPLETED`` with one capture for ``capture: NOW``), with
+``payment_funding: {"type": "GUARANTEED", "state": "PENDING"}``; a step-up
+carries the top-level ``payment_request`` (``expires_at`` and ``created_at``
+with nine fraction digits, the URL in ``state_context.customer_interaction``).
+
+Errors (Klarna's envelope; ``validation_errors`` of ``{parameter, reason}``):
+
+- wrong or missing ``Authorization``: 401 ``UNAUTHORIZED`` (every endpoint);
 - body over 1 MB: 413 ``PAYLOAD_TOO_LARGE``;
 - Content-Type not application/json: 400 ``INVALID_CONTENT_TYPE``;
-- missing header, ``Partner-Correlation-Id`` not 1..255 letters and digits,
-  bad body schema: 400 ``VALIDATION_ERROR`` (with ``validation_errors``);
-- unknown partner account, unknown session token: 404 ``RESOURCE_NOT_FOUND``;
-- token of another partner account: 403 ``OPERATION_FORBIDDEN``;
-- token already used: the same request under another idempotency key replays
-  the original answer (the token is itself an idempotency key, for good in the
-  fake); a different request with a used token: 409 ``RESOURCE_CONFLICT``;
-- token expired (60 minutes after completion, or its payment request expired
-  or canceled): 400 ``VALIDATION_ERROR``, validation error
+- missing idempotency key, an empty token header, ``Partner-Correlation-Id``
+  not 1..255 letters and digits, bad body schema (neither
+  ``request_payment_transaction`` nor ``request_customer_token``, a bad
+  ``step_up_config``, an ``interaction_expiry`` outside 15 min .. 48 h:
+  parameter ``step_up_config.customer_interaction_config.interaction_expiry``):
+  400 ``VALIDATION_ERROR``;
+- unknown partner account, session token, customer token, payment request or
+  transaction (or another account's request or transaction): 404
+  ``RESOURCE_NOT_FOUND``;
+- session or customer token of another account: 403 ``OPERATION_FORBIDDEN``;
+- revoked customer token: 403 ``OPERATION_FORBIDDEN``, message "The customer
+  token was revoked" (the fake's choice; Klarna documents none);
+- customer token without the scope the charge needs: 403 ``OPERATION_FORBIDDEN``;
+- session token already used: the same request under another idempotency key
+  replays the original answer (the token is itself an idempotency key, for
+  good in the fake); a different request with it: 409 ``RESOURCE_CONFLICT``;
+- session token expired (60 minutes after completion, or its payment request
+  expired, by the clock or not, or canceled): 400 ``VALIDATION_ERROR``,
   ``{"parameter": "Klarna-Network-Session-Token", "reason": "expired"}``;
 - amount or currency differ from the payment request: 400 ``VALIDATION_ERROR``;
-- same idempotency key with a different request (account, token or body):
-  409 ``RESOURCE_CONFLICT``.
+- same idempotency key with a different request (account, tokens or body):
+  409 ``RESOURCE_CONFLICT``;
+- cancel of a request not ``SUBMITTED`` or ``IN_PROGRESS`` (completed,
+  expired, canceled, declined): 409 ``RESOURCE_CONFLICT`` (the fake's choice).
 
 Same idempotency key and same request within 24 hours replays the original
-status and body (with a new ``Klarna-Correlation-Id``). Only the fake's own
-clock (``fake.clock``) decides token life and the idempotency window.
+status and body (with a new ``Klarna-Correlation-Id``); error answers are not
+kept. Cancel and read carry no key: a second cancel gets 409.
+
+Where klarna-api.md says [?], the fake chooses (tests rely on it):
+
+- ``result_reason`` appears only when ``decline_next(reason)`` gives one;
+- a customer-not-present charge scripted to step up is ``DECLINED`` (there
+  is no customer to step up), without ``result_reason``;
+- a final call may carry the customer token of the charge that stepped up,
+  or not; another customer token: 400 (parameter ``Klarna-Customer-Token``);
+- the fraction of request times is microseconds padded to nine digits;
+  transaction times (``expires_at``, ``captured_at``) have milliseconds;
+  transactions live 28 days;
+- a request's ``expires_at`` binds a completed (unauthorized) request too;
+- a customer token charge needs ``request_payment_transaction`` (400);
+- ``payment.request.state-change.*`` payloads: ``payment_request_id``,
+  ``state``, ``previous_state``, ``payment_request_reference`` (when given),
+  ``amount`` (when known), ``currency``; on completion the tokens, at the top
+  level or under ``state_context`` (``tokens_in``);
+- ``payment.transaction.*`` payloads: ``payment_transaction_id``,
+  ``payment_transaction_reference``, ``payment_request_id`` (when known),
+  ``state``, ``previous_state`` (null until a change), ``amount``,
+  ``currency``, ``captured_amount``, ``expires_at``; a capture adds
+  ``payment_capture: {payment_capture_id, amount, captured_at}``;
+- revoking a customer token sends no notification (names unpublished);
+- errors and lost answers scripted with ``fail_next`` and friends hit the
+  next call to any endpoint; verdicts wait for the next valid authorize call.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections import deque
-from collections.abc import Mapping
-from datetime import datetime
-from typing import Any, Literal, TypeAlias
+from collections.abc import Callable, Mapping
 from urllib.parse import unquote
 
 import httpx
 
-from klarna_flow._errors import InvalidInput
 from klarna_flow._shared.clock import Clock, SystemClock
-from klarna_flow._shared.validation import check_amount, check_currency, check_krn
-from klarna_flow.testing._fake_authorize import Authorizer
-from klarna_flow.testing._fake_http import error_body, error_response, json_response
-from klarna_flow.testing._fake_notify import Signer
-from klarna_flow.testing._fake_records import (
-    FLOWS,
-    CompletedRequest,
-    PaymentRequestRecord,
-    RecordedTransaction,
-    Scripted,
-    SignedNotification,
-)
+from klarna_flow._shared.validation import check_krn
+from klarna_flow.testing._fake_authorize import DECISIONS, Decisions
+from klarna_flow.testing._fake_http import error_response, json_response
+from klarna_flow.testing._fake_records import RecordedTransaction, Scripted
+from klarna_flow.testing._fake_script import Scripting
 
 __all__ = ["DEFAULT_PARTNER_ACCOUNT", "FakeKlarna"]
 
 DEFAULT_PARTNER_ACCOUNT = "krn:partner:global:account:test-partner"
 _LOST = frozenset({"drop", "timeout"})
-_OPEN = frozenset({"SUBMITTED", "IN_PROGRESS"})
-_TOKEN_PLACES = frozenset({"payload", "state_context"})
-#: Where a completion notification carries the tokens.
-TokensIn: TypeAlias = Literal["payload", "state_context"]
-_AUTHORIZE_PATH = re.compile(r"/v2/accounts/([^/]+)/payment/authorize")
+_ACCOUNT = r"/v2/accounts/([^/]+)/payment"
+_ROUTES = (
+    ("POST", re.compile(_ACCOUNT + r"/authorize")),
+    ("DELETE", re.compile(_ACCOUNT + r"/requests/([^/]+)")),
+    ("GET", re.compile(_ACCOUNT + r"/transactions/([^/]+)")),
+)
+#: One processing of a request; its argument says whether verdicts may be taken.
+Route = Callable[[bool], httpx.Response]
 
 
-class FakeKlarna(Authorizer):
-    """A stateful fake of Klarna's Payment Authorize API.
+class FakeKlarna(Scripting):
+    """A stateful fake of Klarna's payment API (see the module's docstring).
 
     Args:
         api_key: the key clients must send after ``Basic``.
-        clock: anything with ``now()`` (e.g. ``ManualClock``); decides token
-            life (60 min) and the idempotency window (24 h).
+        clock: anything with ``now()`` (e.g. ``ManualClock``); decides
+            payment request expiry, token life (60 min) and the idempotency
+            window (24 h).
         partner_account_id: the default partner account.
         signing_keys: key id -> secret for signing notifications; one random
             key under ``"fake-key-1"`` when None.
@@ -93,232 +158,16 @@ class FakeKlarna(Authorizer):
         latency: float = 0.0,
     ) -> None:
         super().__init__(
-            clock or SystemClock(), check_krn(partner_account_id, "partner_account_id")
+            clock or SystemClock(),
+            check_krn(partner_account_id, "partner_account_id"),
+            signing_keys,
         )
         self.api_key = api_key
         self.latency = latency
-        self._signer = Signer(signing_keys)
         self._requests: list[httpx.Request] = []
-        self._script: deque[Scripted] = deque()
 
     def __repr__(self) -> str:
         return f"FakeKlarna(partner_account_id={self.partner_account_id!r}, clock={self.clock!r})"
-
-    # -- the customer's side ---------------------------------------------------
-
-    def create_payment_request(
-        self,
-        *,
-        amount: int,
-        currency: str,
-        partner_account_id: str | None = None,
-        flow: str = "AUTHORIZATION",
-    ) -> str:
-        """Create a ``SUBMITTED`` payment request; return its id (a KRN).
-
-        Args:
-            flow: ``AUTHORIZATION``, ``TOKENIZATION`` or
-                ``AUTHORIZATION_AND_TOKENIZATION``: which tokens completion hands out.
-        """
-        account = check_krn(partner_account_id or self.partner_account_id, "partner_account_id")
-        if flow not in FLOWS:
-            raise InvalidInput("flow", f"must be one of {sorted(FLOWS)}")
-        with self._lock:
-            record = self._new_request(
-                account, check_amount(amount), check_currency(currency), flow
-            )
-        return record.payment_request_id
-
-    def complete_payment_request(
-        self, payment_request_id: str, *, tokens_in: TokensIn = "payload"
-    ) -> CompletedRequest:
-        """The customer finishes: tokens are handed out as the flow says.
-
-        Args:
-            tokens_in: where the notification carries the tokens:
-                ``"payload"`` (the top level, as webhook consumers read them:
-                ``klarna_network_session_token``,
-                ``klarna_customer.customer_token``) or ``"state_context"``
-                (the same names inside the payload's ``state_context``, as the
-                payment request resource holds them).
-
-        Raises:
-            InvalidInput: unknown id, the request is no longer open, or an
-                unknown ``tokens_in``.
-        """
-        if tokens_in not in _TOKEN_PLACES:
-            raise InvalidInput("tokens_in", f"must be one of {sorted(_TOKEN_PLACES)}")
-        with self._lock:
-            record, previous = self._move(payment_request_id, "COMPLETED")
-            record.completed_at = self.clock.now()
-            record.session_token, record.customer_token = self._issue_tokens(record)
-            notification = self._state_change(record, previous, tokens_in)
-            return CompletedRequest(
-                payment_request_id=record.payment_request_id,
-                session_token=record.session_token,
-                customer_token=record.customer_token,
-                completed_at=record.completed_at,
-                notification=notification,
-            )
-
-    def issue_session_token(
-        self, *, amount: int, currency: str, partner_account_id: str | None = None
-    ) -> str:
-        """Create and complete an authorization request; return its session token."""
-        request_id = self.create_payment_request(
-            amount=amount, currency=currency, partner_account_id=partner_account_id
-        )
-        token = self.complete_payment_request(request_id).session_token
-        assert token is not None  # an AUTHORIZATION flow always gets one
-        return token
-
-    def expire_payment_request(self, payment_request_id: str) -> SignedNotification:
-        """Expire an open (or completed, unauthorized) request; its token dies."""
-        with self._lock:
-            record, previous = self._move(payment_request_id, "EXPIRED")
-            return self._state_change(record, previous)
-
-    def cancel_payment_request(self, payment_request_id: str) -> SignedNotification:
-        """Cancel an open (or completed, unauthorized) request; its token dies."""
-        with self._lock:
-            record, previous = self._move(payment_request_id, "CANCELED")
-            return self._state_change(record, previous)
-
-    def decline_payment_request(self, payment_request_id: str) -> SignedNotification:
-        """Klarna declines an open (``SUBMITTED`` or ``IN_PROGRESS``) request.
-
-        Raises:
-            InvalidInput: unknown id, or the request is not open.
-        """
-        with self._lock:
-            state = self._get(payment_request_id).state
-            if state not in _OPEN:
-                raise InvalidInput(
-                    "payment_request_id", f"a {state} payment request cannot become DECLINED"
-                )
-            record, previous = self._move(payment_request_id, "DECLINED")
-            return self._state_change(record, previous)
-
-    def state_of(self, payment_request_id: str) -> str:
-        """The payment request's state (``SUBMITTED``, ``COMPLETED``...)."""
-        with self._lock:
-            return self._get(payment_request_id).state
-
-    # -- notifications ----------------------------------------------------------
-
-    @property
-    def signing_keys(self) -> dict[str, bytes]:
-        """Key id -> secret: give these to the application's webhook handler."""
-        return self._signer.signing_keys
-
-    def sign(self, body: bytes, key_id: str | None = None) -> dict[str, str]:
-        """Signature headers for ``body`` (HMAC-SHA256, hex)."""
-        return self._signer.sign(body, key_id)
-
-    def notification(
-        self,
-        event_type: str,
-        payload: Mapping[str, Any],
-        *,
-        event_id: str | None = None,
-        occurred_at: datetime | None = None,
-        key_id: str | None = None,
-        partner_account_id: str | None = None,
-    ) -> SignedNotification:
-        """Any signed notification, e.g. a late or duplicated one (same ``event_id``)."""
-        return self._signer.notification(
-            event_type,
-            payload,
-            account=partner_account_id or self.partner_account_id,
-            occurred_at=occurred_at or self.clock.now(),
-            event_id=event_id,
-            key_id=key_id,
-        )
-
-    def _state_change(
-        self, record: PaymentRequestRecord, previous: str, tokens_in: TokensIn = "payload"
-    ) -> SignedNotification:
-        payload: dict[str, Any] = {
-            "payment_request_id": record.payment_request_id,
-            "state": record.state,
-            "previous_state": previous,
-            "amount": record.amount,
-            "currency": record.currency,
-        }
-        if record.state == "COMPLETED":
-            tokens = _tokens(record)
-            if tokens_in == "payload":
-                payload.update(tokens)
-            elif tokens:
-                payload["state_context"] = tokens
-        return self.notification(
-            f"payment.request.state-change.{record.state.lower()}",
-            payload,
-            partner_account_id=record.partner_account_id,
-        )
-
-    # -- scripted outcomes (each for the next authorize call, in order) -----------
-
-    def decline_next(self, reason: str | None = None) -> None:
-        """The next valid authorize call is ``DECLINED`` (token consumed)."""
-        self._queue(Scripted("decline", reason=reason))
-
-    def step_up_next(self) -> None:
-        """The next valid authorize call needs a step-up (a new payment request)."""
-        self._queue(Scripted("step_up"))
-
-    def fail_next(
-        self,
-        status: int,
-        error_code: str | None = None,
-        *,
-        retry_after: float | str | None = None,
-        ratelimit_reset: float | str | None = None,
-        times: int = 1,
-    ) -> None:
-        """The next ``times`` authorize calls fail with ``status`` (nothing processed).
-
-        Args:
-            retry_after: sent as ``Retry-After`` (seconds, or an HTTP date string).
-            ratelimit_reset: sent as ``X-Ratelimit-Reset`` (seconds to wait,
-                or a Unix time: its unit is not documented).
-        """
-        if not 400 <= status <= 599:
-            raise InvalidInput("status", "must be an HTTP error status (400..599)")
-        named = (("Retry-After", retry_after), ("X-Ratelimit-Reset", ratelimit_reset))
-        headers = tuple((name, str(value)) for name, value in named if value is not None)
-        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-            raise InvalidInput("times", "must be an int >= 1")
-        for _ in range(times):
-            body = error_body(status, error_code)
-            self._queue(Scripted("respond", status, body, headers))
-
-    def respond_next(
-        self, status: int, body: bytes, *, headers: Mapping[str, str] | None = None
-    ) -> None:
-        """The next authorize call gets exactly this status and raw body."""
-        self._queue(Scripted("respond", status, body, tuple((headers or {}).items())))
-
-    def drop_next(self, *, after_processing: bool = False) -> None:
-        """The next authorize call gets no answer: the connection drops.
-
-        With ``after_processing`` the request is processed first (a
-        transaction is created and kept for idempotent replay): Klarna acted,
-        the answer was lost.
-        """
-        self._queue(Scripted("drop", after_processing=after_processing))
-
-    def timeout_next(self, *, after_processing: bool = True) -> None:
-        """Like :meth:`drop_next`, seen in process as ``httpx.ReadTimeout``.
-
-        On the loopback server the connection simply closes (as for a drop):
-        the client sees a transport error rather than a timeout.
-        """
-        self._queue(Scripted("timeout", after_processing=after_processing))
-
-    def _queue(self, scripted: Scripted) -> None:
-        with self._lock:
-            self._script.append(scripted)
 
     # -- what happened ------------------------------------------------------------
 
@@ -330,9 +179,9 @@ class FakeKlarna(Authorizer):
 
     @property
     def transactions(self) -> list[RecordedTransaction]:
-        """Every payment transaction created, in order (a copy)."""
+        """Every payment transaction created, in order, as it stands now (a copy)."""
         with self._lock:
-            return list(self._transactions)
+            return list(self._transactions.values())
 
     def transactions_for(self, reference: str) -> list[RecordedTransaction]:
         """The transactions created for one ``payment_transaction_reference``."""
@@ -352,37 +201,43 @@ class FakeKlarna(Authorizer):
             self._requests.append(request)
         if self.latency > 0:
             time.sleep(self.latency)
-        # Match the raw path: an account KRN may hold an escaped "/".
-        path = request.url.raw_path.split(b"?")[0].decode("ascii", "replace")
-        match = _AUTHORIZE_PATH.fullmatch(path)
-        if request.method != "POST" or match is None:
+        route = self._endpoint(request)
+        if route is None:
             return error_response(404, "RESOURCE_NOT_FOUND", "No such endpoint")
         with self._lock:
-            scripted = self._script.popleft() if self._script else None
-            return self._answer(request, unquote(match[1]), scripted)
+            head = self._script[0] if self._script else None
+            scripted = self._script.popleft() if head and head.kind not in DECISIONS else None
+            return _answer(request, route, scripted)
 
-    def _answer(
-        self, request: httpx.Request, account: str, scripted: Scripted | None
-    ) -> httpx.Response:
-        if scripted is not None and scripted.kind == "respond":
-            return json_response(scripted.status_code, scripted.body, scripted.headers)
-        kind = scripted.kind if scripted is not None else "approve"
-        if kind in _LOST and not (scripted and scripted.after_processing):
-            raise _lost(kind, request)
-        response = self.authorize(request, account, self.api_key, scripted)
-        if kind in _LOST:
-            raise _lost(kind, request)
-        return response
+    def _endpoint(self, request: httpx.Request) -> Route | None:
+        """The processing of ``request``, or None for an unknown endpoint."""
+        # Match the raw path: an account KRN may hold an escaped "/".
+        path = request.url.raw_path.split(b"?")[0].decode("ascii", "replace")
+        for method, pattern in _ROUTES:
+            match = pattern.fullmatch(path)
+            if match is None or request.method != method:
+                continue
+            account, *ids = (unquote(part) for part in match.groups())
+            if method == "DELETE":
+                return lambda _: self.cancel_over_http(request, account, self.api_key, *ids)
+            if method == "GET":
+                return lambda _: self.read_over_http(request, account, self.api_key, *ids)
+            return lambda decide: self.authorize(
+                request, account, self.api_key, Decisions(self._script if decide else None)
+            )
+        return None
 
 
-def _tokens(record: PaymentRequestRecord) -> dict[str, Any]:
-    """A completed request's tokens, named and nested as Klarna's notifications carry them."""
-    tokens: dict[str, Any] = {}
-    if record.session_token:
-        tokens["klarna_network_session_token"] = record.session_token
-    if record.customer_token:
-        tokens["klarna_customer"] = {"customer_token": record.customer_token}
-    return tokens
+def _answer(request: httpx.Request, route: Route, scripted: Scripted | None) -> httpx.Response:
+    """Apply an error or lost-answer script, else process (verdicts allowed)."""
+    if scripted is not None and scripted.kind == "respond":
+        return json_response(scripted.status_code, scripted.body, scripted.headers)
+    if scripted is not None and not scripted.after_processing:
+        raise _lost(scripted.kind, request)
+    response = route(scripted is None)
+    if scripted is not None and scripted.kind in _LOST:
+        raise _lost(scripted.kind, request)
+    return response
 
 
 def _lost(kind: str, request: httpx.Request) -> httpx.TransportError:

@@ -1,138 +1,93 @@
-"""FakeKlarna's state and its authorize decision: tokens, idempotency, transactions.
+"""FakeKlarna's authorize call in all its forms: initial, final, with a customer token.
 
 Every method here expects the caller to hold ``self._lock``.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-import uuid
+from collections import deque
 from datetime import datetime, timedelta
 from typing import Any
 
+import attrs
 import httpx
 
-from klarna_flow._errors import InvalidInput
-from klarna_flow._shared.clock import Clock
 from klarna_flow._shared.secrets import mask
 from klarna_flow.testing._fake_http import (
-    AuthorizeRequest,
     error_response,
+    invalid,
     json_response,
     parse_authorize,
 )
-from klarna_flow.testing._fake_notify import iso_millis
 from klarna_flow.testing._fake_records import (
+    DEFAULT_SCOPES,
     PaymentRequestRecord,
+    RecordedCapture,
     RecordedTransaction,
     Scripted,
     StoredAnswer,
 )
+from klarna_flow.testing._fake_schema import (
+    EXPIRY_PARAMETER,
+    MAX_EXPIRY,
+    MIN_EXPIRY,
+    AuthorizeRequest,
+)
+from klarna_flow.testing._fake_state import DEFAULT_REQUEST_LIFETIME
+from klarna_flow.testing._fake_tokens import TokenChecks
+from klarna_flow.testing._fake_wire import (
+    customer_token_answer,
+    encode,
+    krn,
+    step_up_answer,
+    transaction_answer,
+    verdicts,
+)
 
-__all__ = ["Authorizer"]
+__all__ = ["DECISIONS", "Authorizer", "Decisions"]
 
-TOKEN_LIFETIME = timedelta(minutes=60)
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 TRANSACTION_LIFETIME = timedelta(days=28)
-_OPEN = frozenset({"SUBMITTED", "IN_PROGRESS"})
-_SESSION_HEADER = "Klarna-Network-Session-Token"
+DECISIONS = frozenset({"approve", "decline", "step_up"})
+_PRESENT = "payment:customer_present"
+_NOT_PRESENT = "payment:customer_not_present"
+_PAYMENT_REQUIRED = ("request_payment_transaction", "is required when charging a customer token")
 
 
-def _krn(kind: str) -> str:
-    return f"krn:payment:eu1:{kind}:{uuid.uuid4()}"
+class Decisions:
+    """The scripted verdicts waiting at the head of the queue (none when ``queue`` is None)."""
+
+    def __init__(self, queue: deque[Scripted] | None) -> None:
+        self._queue = queue
+
+    def peek(self) -> Scripted | None:
+        """The next scripted verdict, left in the queue."""
+        head = self._queue[0] if self._queue else None
+        return head if head is not None and head.kind in DECISIONS else None
+
+    def take(self) -> Scripted | None:
+        """The next scripted verdict, taken out of the queue."""
+        head = self.peek()
+        if head is not None and self._queue is not None:
+            self._queue.popleft()
+        return head
 
 
-def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _invalid(parameter: str, reason: str, message: str) -> httpx.Response:
-    problem = {"parameter": parameter, "reason": reason}
-    return error_response(400, "VALIDATION_ERROR", message, [problem])
-
-
-def _terms_refusal(
-    call: AuthorizeRequest, record: PaymentRequestRecord, now: datetime
-) -> httpx.Response | None:
-    """The error answer for an expired token or terms that differ, else None."""
-    assert record.completed_at is not None  # a token exists only once completed
-    if record.state != "COMPLETED" or now >= record.completed_at + TOKEN_LIFETIME:
-        return _invalid(_SESSION_HEADER, "expired", "The session token is no longer valid")
-    if call.currency != record.currency:
-        return _invalid("currency", "does not match the payment request", "Mismatch")
-    if call.amount != record.amount:
-        return _invalid(
-            "request_payment_transaction.amount", "does not match the payment request", "Mismatch"
-        )
-    return None
-
-
-class Authorizer:
-    """Payment requests, session tokens, idempotent answers and transactions."""
-
-    def __init__(self, clock: Clock, partner_account_id: str) -> None:
-        self.clock = clock
-        self.partner_account_id = partner_account_id
-        self._lock = threading.Lock()
-        self._accounts = {partner_account_id}
-        self._payment_requests: dict[str, PaymentRequestRecord] = {}
-        self._by_token: dict[str, str] = {}
-        self._answers: dict[tuple[str, str], StoredAnswer] = {}
-        self._transactions: list[RecordedTransaction] = []
-
-    # -- payment requests ---------------------------------------------------------
-
-    def _new_request(
-        self, account: str, amount: int, currency: str, flow: str
-    ) -> PaymentRequestRecord:
-        record = PaymentRequestRecord(
-            payment_request_id=_krn("payment-request"),
-            partner_account_id=account,
-            amount=amount,
-            currency=currency,
-            flow=flow,
-            created_at=self.clock.now(),
-        )
-        self._payment_requests[record.payment_request_id] = record
-        self._accounts.add(account)
-        return record
-
-    def _get(self, payment_request_id: str) -> PaymentRequestRecord:
-        try:
-            return self._payment_requests[payment_request_id]
-        except (KeyError, TypeError):
-            raise InvalidInput("payment_request_id", "no such payment request") from None
-
-    def _move(self, payment_request_id: str, state: str) -> tuple[PaymentRequestRecord, str]:
-        """Move a request to ``state``; return it and its previous state."""
-        record = self._get(payment_request_id)
-        allowed = _OPEN if state == "COMPLETED" else _OPEN | {"COMPLETED"}
-        if record.state not in allowed or record.authorized_with is not None:
-            raise InvalidInput(
-                "payment_request_id", f"a {record.state} payment request cannot become {state}"
-            )
-        previous, record.state = record.state, state
-        return record, previous
-
-    def _issue_tokens(self, record: PaymentRequestRecord) -> tuple[str | None, str | None]:
-        session = _krn("klarna-network-session-token") if "AUTHORIZATION" in record.flow else None
-        customer = _krn("customer-token") if "TOKENIZATION" in record.flow else None
-        if session is not None:
-            self._by_token[session] = record.payment_request_id
-        return session, customer
-
-    # -- authorize ----------------------------------------------------------------
+class Authorizer(TokenChecks):
+    """Checks, then answers (or replays) authorize calls."""
 
     def authorize(
-        self, request: httpx.Request, account: str, api_key: str, scripted: Scripted | None
+        self, request: httpx.Request, account: str, api_key: str, decisions: Decisions
     ) -> httpx.Response:
-        """Check, then answer (or replay) one authorize call."""
+        """Answer one authorize call; a 200 answer is kept for idempotent replay."""
         call = parse_authorize(request, account, api_key)
         if isinstance(call, httpx.Response):
             return call
+        if call.partner_account_id not in self._accounts:
+            return error_response(404, "RESOURCE_NOT_FOUND", "Unknown partner account")
         now = self.clock.now()
-        stored = self._answers.get((call.partner_account_id, call.idempotency_key))
+        key = (call.partner_account_id, call.idempotency_key)
+        stored = self._answers.get(key)
         if stored is not None and now < stored.stored_at + IDEMPOTENCY_WINDOW:
             if stored.fingerprint != call.fingerprint:
                 return error_response(
@@ -141,81 +96,165 @@ class Authorizer:
                     "The idempotency key was already used with a different request",
                 )
             return json_response(stored.status_code, stored.body)
-        refusal = self._refusal(call, now)
+        answer = self._route(call, now, decisions)
+        if isinstance(answer, httpx.Response):
+            return answer
+        self._answers[key] = StoredAnswer(call.fingerprint, 200, answer, now)
+        return json_response(200, answer)
+
+    def _route(
+        self, call: AuthorizeRequest, now: datetime, decisions: Decisions
+    ) -> httpx.Response | bytes:
+        if call.session_token is not None:
+            return self._with_session_token(call, now, decisions)
+        if call.customer_token is not None:
+            return self._token_charge(call, now, decisions)
+        return self._initial(call, now, decisions)
+
+    # -- the three forms ----------------------------------------------------------------
+
+    def _initial(
+        self, call: AuthorizeRequest, now: datetime, decisions: Decisions
+    ) -> httpx.Response | bytes:
+        """No token: step up by default; approve or decline when scripted."""
+        scripted = decisions.peek()
+        if call.step_up is None and (scripted is None or scripted.kind == "step_up"):
+            return invalid("step_up_config", "is required on the initial call")
+        refusal = _deadline_refusal(call, now)
         if refusal is not None:
             return refusal
-        record = self._payment_requests[self._by_token[call.session_token]]
-        body = self._decide(call, record, now, scripted)
-        self._answers[(call.partner_account_id, call.idempotency_key)] = StoredAnswer(
-            fingerprint=call.fingerprint, status_code=200, body=body, stored_at=now
-        )
-        return json_response(200, body)
+        decisions.take()
+        return self._outcome(scripted.kind if scripted else "step_up", call, now, None, scripted)
 
-    def _refusal(self, call: AuthorizeRequest, now: datetime) -> httpx.Response | None:
-        """The error answer for a token that cannot be used, else None."""
-        if call.partner_account_id not in self._accounts:
-            return error_response(404, "RESOURCE_NOT_FOUND", "Unknown partner account")
-        request_id = self._by_token.get(call.session_token)
-        if request_id is None:
-            return error_response(404, "RESOURCE_NOT_FOUND", "Unknown session token")
-        record = self._payment_requests[request_id]
-        if record.partner_account_id != call.partner_account_id:
-            return error_response(
-                403, "OPERATION_FORBIDDEN", "The session token belongs to another account"
-            )
-        if record.authorized_with is not None:
-            return self._token_replay(call, record)
-        return _terms_refusal(call, record, now)
+    def _with_session_token(
+        self, call: AuthorizeRequest, now: datetime, decisions: Decisions
+    ) -> httpx.Response | bytes:
+        """The final call (or an initial one with an Express session token)."""
+        found = self._session_record(call, now)
+        if not isinstance(found, PaymentRequestRecord):
+            return found
+        record = found
+        refusal = self._final_refusal(call, record, now)
+        if refusal is not None:
+            return refusal
+        record.authorized_with = call.idempotency_key
+        scripted = decisions.take()
+        return self._outcome(scripted.kind if scripted else "approve", call, now, record, scripted)
 
-    def _token_replay(self, call: AuthorizeRequest, record: PaymentRequestRecord) -> httpx.Response:
-        """A used token sent again: the original answer for the same request, else 409.
+    def _token_charge(
+        self, call: AuthorizeRequest, now: datetime, decisions: Decisions
+    ) -> httpx.Response | bytes:
+        """A stored customer token: customer present with ``step_up_config``, else not."""
+        present = call.step_up is not None
+        refusal = self._customer_token_refusal(call)
+        if refusal is None and not call.wants_payment:
+            refusal = invalid(*_PAYMENT_REQUIRED)
+        if refusal is None:
+            refusal = self._scope_refusal(call, _PRESENT if present else _NOT_PRESENT)
+        if refusal is None:
+            refusal = _deadline_refusal(call, now)
+        if refusal is not None:
+            return refusal
+        scripted = decisions.take()
+        kind = scripted.kind if scripted else "approve"
+        if kind == "step_up" and not present:
+            kind = "decline"  # no customer to step up: only APPROVED or DECLINED
+        return self._outcome(kind, call, now, None, scripted)
 
-        Klarna: "Repeating the request with the same token returns the same
-        result" (how long is not documented; the fake keeps it for good).
-        """
-        original = self._answers.get((call.partner_account_id, record.authorized_with or ""))
-        if original is not None and original.fingerprint == call.fingerprint:
-            return json_response(original.status_code, original.body)
-        return error_response(
-            409, "RESOURCE_CONFLICT", "The session token was already used for another request"
-        )
+    def _final_refusal(
+        self, call: AuthorizeRequest, record: PaymentRequestRecord, now: datetime
+    ) -> httpx.Response | None:
+        if call.customer_token is not None:
+            refusal = self._customer_token_refusal(call)
+            if refusal is not None:
+                return refusal
+            charged = record.charged_customer_token
+            if charged is not None and charged != call.customer_token:
+                reason = "does not match the payment request"
+                return invalid("Klarna-Customer-Token", reason)
+        if call.payment_request_id not in (None, record.payment_request_id):
+            reason = "does not name the session token's payment request"
+            return invalid("payment_request_id", reason)
+        if call.step_up is not None and not record.express:
+            return invalid("step_up_config", "must be omitted on the final call")
+        if call.step_up is not None:
+            return _deadline_refusal(call, now)
+        return None
 
-    def _decide(
+    # -- verdicts ------------------------------------------------------------------------
+
+    def _outcome(
         self,
+        kind: str,
         call: AuthorizeRequest,
-        record: PaymentRequestRecord,
         now: datetime,
+        record: PaymentRequestRecord | None,
         scripted: Scripted | None,
     ) -> bytes:
-        """Use the token and return the answer body (approve unless scripted)."""
-        record.authorized_with = call.idempotency_key
-        kind = scripted.kind if scripted is not None else "approve"
+        asked: dict[str, bool] = {"payment": call.wants_payment, "customer_token": call.wants_token}
         if kind == "decline":
-            record.state = "DECLINED"
-            answer: dict[str, Any] = {"result": "DECLINED"}
-            if scripted is not None and scripted.reason is not None:
-                answer["result_reason"] = scripted.reason
-            return _encode({"payment_transaction_response": answer})
+            if record is not None:
+                record.previous_state, record.state = record.state, "DECLINED"
+            reason = scripted.reason if scripted is not None else None
+            return encode(verdicts("DECLINED", reason=reason, **asked))
         if kind == "step_up":
-            return _encode(self._step_up(record))
-        return _encode(self._approve(call, now))
+            return encode(step_up_answer(self._stepped_up(call, now, record), **asked))
+        return encode(self._approval(call, now, record))
 
-    def _step_up(self, record: PaymentRequestRecord) -> dict[str, Any]:
-        new = self._new_request(
-            record.partner_account_id, record.amount, record.currency, record.flow
+    def _stepped_up(
+        self, call: AuthorizeRequest, now: datetime, like: PaymentRequestRecord | None
+    ) -> PaymentRequestRecord:
+        """The new payment request of a step-up (like ``like`` on a final call)."""
+        if like is not None and call.step_up is None:
+            return self._new_request(
+                like.partner_account_id,
+                like.amount,
+                like.currency,
+                like.flow,
+                **_copied(like, now),
+            )
+        assert call.step_up is not None  # no step-up without a config, but on a final call
+        return self._new_request(
+            call.partner_account_id,
+            call.amount,
+            call.currency,
+            call.flow,
+            expires_at=_deadline(call, now),
+            method=call.step_up.method,
+            reference=call.step_up.reference,
+            scopes=call.scopes or DEFAULT_SCOPES,
+            customer_token_reference=call.customer_token_reference,
+            body=call.body,
+            charged_customer_token=call.customer_token,
         )
-        return {
-            "payment_transaction_response": {"result": "STEP_UP_REQUIRED"},
-            "payment_request": {
-                "payment_request_id": new.payment_request_id,
-                "payment_request_url": f"https://pay.test.klarna.com/{uuid.uuid4()}",
-                "state": new.state,
-            },
-        }
 
-    def _approve(self, call: AuthorizeRequest, now: datetime) -> dict[str, Any]:
+    def _approval(
+        self, call: AuthorizeRequest, now: datetime, record: PaymentRequestRecord | None
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = {}
+        if call.wants_payment:
+            transaction = self._new_transaction(call, now, record)
+            answer["payment_transaction_response"] = {
+                "result": "APPROVED",
+                "payment_transaction": transaction_answer(transaction),
+            }
+        if call.wants_token:
+            issued = record.customer_token if record is not None else None
+            token = self._customer_tokens.get(issued or "") or self._new_customer_token(
+                call.partner_account_id,
+                call.scopes or DEFAULT_SCOPES,
+                call.customer_token_reference,
+            )
+            answer["customer_token_response"] = customer_token_answer(token)
+        return answer
+
+    def _new_transaction(
+        self, call: AuthorizeRequest, now: datetime, record: PaymentRequestRecord | None
+    ) -> RecordedTransaction:
+        assert call.amount is not None  # wants_payment
+        assert call.reference is not None
         transaction = RecordedTransaction(
-            payment_transaction_id=_krn("transaction"),
+            payment_transaction_id=krn("transaction"),
             reference=call.reference,
             amount=call.amount,
             currency=call.currency,
@@ -224,20 +263,41 @@ class Authorizer:
             idempotency_key=call.idempotency_key,
             created_at=now,
             expires_at=now + TRANSACTION_LIFETIME,
+            payment_request_id=None if record is None else record.payment_request_id,
+            customer_token=mask(call.customer_token),
         )
-        self._transactions.append(transaction)
-        wire = {
-            "payment_transaction_id": transaction.payment_transaction_id,
-            "payment_transaction_reference": transaction.reference,
-            "amount": transaction.amount,
-            "currency": transaction.currency,
-            "payment_funding": {"type": "GUARANTEED"},
-            "payment_pricing": {"fee_amount": 0, "currency": transaction.currency},
-            "expires_at": iso_millis(transaction.expires_at),
-        }
-        return {
-            "payment_transaction_response": {
-                "result": "APPROVED",
-                "payment_transaction": wire,
-            }
-        }
+        if call.capture == "NOW":
+            capture = RecordedCapture(krn("capture"), call.amount, now)
+            transaction = attrs.evolve(transaction, state="COMPLETED", captures=(capture,))
+        self._transactions[transaction.payment_transaction_id] = transaction
+        return transaction
+
+
+def _copied(like: PaymentRequestRecord, now: datetime) -> dict[str, Any]:
+    """What a step-up request on a final call takes over from the token's request."""
+    return {
+        "expires_at": now + like.lifetime,
+        "method": like.method,
+        "reference": like.reference,
+        "scopes": like.scopes,
+        "customer_token_reference": like.customer_token_reference,
+        "body": like.body,
+        "charged_customer_token": like.charged_customer_token,
+    }
+
+
+def _deadline(call: AuthorizeRequest, now: datetime) -> datetime:
+    """When a payment request created by ``call`` expires (3 hours unless it says)."""
+    step_up = call.step_up
+    if step_up is not None and step_up.deadline is not None:
+        return step_up.deadline
+    duration = step_up.duration if step_up is not None else None
+    return now + (duration or DEFAULT_REQUEST_LIFETIME)
+
+
+def _deadline_refusal(call: AuthorizeRequest, now: datetime) -> httpx.Response | None:
+    """400 for an ``interaction_expiry`` timestamp not 15 minutes .. 48 hours away."""
+    deadline = call.step_up.deadline if call.step_up is not None else None
+    if deadline is not None and not MIN_EXPIRY <= deadline - now <= MAX_EXPIRY:
+        return invalid(EXPIRY_PARAMETER, "must lie between 15 minutes and 48 hours from now")
+    return None

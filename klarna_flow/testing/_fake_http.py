@@ -13,16 +13,23 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import attrs
 import httpx
 
-from klarna_flow._shared.secrets import mask
-from klarna_flow._shared.validation import ISO_4217
+from klarna_flow.testing._fake_schema import (
+    AuthorizeRequest,
+    problem,
+    read_body,
+    step_up_request,
+)
 
 __all__ = [
+    "CUSTOMER_TOKEN_HEADER",
     "MAX_BODY",
-    "AuthorizeRequest",
+    "SESSION_TOKEN_HEADERS",
+    "error_body",
     "error_response",
+    "gateway_refusal",
+    "invalid",
     "json_response",
     "parse_authorize",
 ]
@@ -30,7 +37,13 @@ __all__ = [
 MAX_BODY = 1024 * 1024
 # Klarna: Partner-Correlation-Id is "<= 255 characters ^[A-Za-z0-9]+$".
 _CORRELATION_ID = re.compile(r"[A-Za-z0-9]{1,255}")
-TOKEN_HEADERS = ("Klarna-Network-Session-Token", "Klarna-Payment-Token")
+# The current name first, then the older ones Klarna's pages still show.
+SESSION_TOKEN_HEADERS = (
+    "Klarna-Network-Session-Token",
+    "Klarna-Payment-Token",
+    "Klarna-Interoperability-Token",
+)
+CUSTOMER_TOKEN_HEADER = "Klarna-Customer-Token"  # noqa: S105 (a header name)
 
 DEFAULT_CODES = {
     400: "VALIDATION_ERROR",
@@ -45,28 +58,6 @@ DEFAULT_CODES = {
 }
 _ERROR_TYPES = {400: "INPUT_ERROR", 413: "INPUT_ERROR", 401: "ACCESS_ERROR"}
 _ERROR_TYPES |= {403: "ACCESS_ERROR", 404: "RESOURCE_ERROR", 409: "RESOURCE_ERROR"}
-
-
-def _masked(value: str) -> str:
-    return repr(mask(value))
-
-
-@attrs.frozen
-class AuthorizeRequest:
-    """An authorize call that passed the gateway checks."""
-
-    partner_account_id: str
-    session_token: str = attrs.field(repr=_masked)
-    idempotency_key: str
-    currency: str
-    amount: int
-    reference: str
-    canonical_body: bytes = attrs.field(repr=False)
-
-    @property
-    def fingerprint(self) -> tuple[str, str, bytes]:
-        """What must match for an idempotent replay: account, token, body."""
-        return (self.partner_account_id, self.session_token, self.canonical_body)
 
 
 def json_response(
@@ -103,7 +94,7 @@ def error_body(
         "error_message": message or code.replace("_", " ").capitalize(),
         "doc_url": "https://docs.klarna.com/api/errors/",
     }
-    problems = [dict(problem) for problem in validation_errors]
+    problems = [dict(p) for p in validation_errors]
     if problems:
         body["validation_errors"] = problems
     return json.dumps(body, separators=(",", ":")).encode()
@@ -121,91 +112,77 @@ def error_response(
     )
 
 
-def _invalid(parameter: str, reason: str) -> httpx.Response:
-    return error_response(
-        400, "VALIDATION_ERROR", "The request is invalid", [_problem(parameter, reason)]
-    )
+def invalid(parameter: str, reason: str, message: str = "The request is invalid") -> httpx.Response:
+    """400 ``VALIDATION_ERROR`` naming one parameter."""
+    return error_response(400, "VALIDATION_ERROR", message, [problem(parameter, reason)])
 
 
-def _problem(parameter: str, reason: str) -> dict[str, str]:
-    return {"parameter": parameter, "reason": reason}
+def gateway_refusal(request: httpx.Request, api_key: str) -> httpx.Response | None:
+    """What every endpoint checks first: credentials and ``Partner-Correlation-Id``."""
+    if request.headers.get("Authorization") != f"Basic {api_key}":
+        return error_response(401, "UNAUTHORIZED", "Missing or invalid credentials")
+    correlation_id = request.headers.get("Partner-Correlation-Id")
+    if correlation_id is not None and not _CORRELATION_ID.fullmatch(correlation_id):
+        return invalid("Partner-Correlation-Id", "must be 1..255 letters and digits")
+    return None
 
 
 def parse_authorize(
     request: httpx.Request, partner_account_id: str, api_key: str
 ) -> AuthorizeRequest | httpx.Response:
     """The checked authorize call, or the error answer Klarna would give."""
-    if request.headers.get("Authorization") != f"Basic {api_key}":
-        return error_response(401, "UNAUTHORIZED", "Missing or invalid credentials")
+    refusal = gateway_refusal(request, api_key)
+    if refusal is not None:
+        return refusal
     body = request.content
     if len(body) > MAX_BODY:
         return error_response(413, None, "The request body exceeds 1 MB")
     media_type = request.headers.get("Content-Type", "").split(";")[0].strip()
     if media_type.lower() != "application/json":
         return error_response(400, "INVALID_CONTENT_TYPE", "Content-Type must be application/json")
-    token = next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), "")
+    refusal = _header_refusal(request)
+    if refusal is not None:
+        return refusal
+    return _parse_body(request, partner_account_id)
+
+
+def _header_refusal(request: httpx.Request) -> httpx.Response | None:
+    """The answer to the first header Klarna would refuse, else None."""
     key = request.headers.get("Klarna-Idempotency-Key", "")
-    problem = _header_problem(request, token, key)
-    if problem is not None:
-        return _invalid(*problem)
-    return _parse_body(body, partner_account_id, token, key)
-
-
-def _header_problem(request: httpx.Request, token: str, key: str) -> tuple[str, str] | None:
-    """The (parameter, reason) of the first header Klarna would refuse, else None."""
-    if not token:
-        return TOKEN_HEADERS[0], "is required"
     if not 1 <= len(key) <= 255:
-        return "Klarna-Idempotency-Key", "is required (1..255 characters)"
-    correlation_id = request.headers.get("Partner-Correlation-Id")
-    if correlation_id is not None and not _CORRELATION_ID.fullmatch(correlation_id):
-        return "Partner-Correlation-Id", "must be 1..255 letters and digits"
+        return invalid("Klarna-Idempotency-Key", "is required (1..255 characters)")
+    for name in (*SESSION_TOKEN_HEADERS, CUSTOMER_TOKEN_HEADER):
+        if name in request.headers and not request.headers[name].strip():
+            return invalid(name, "must not be empty")
     return None
 
 
 def _parse_body(
-    body: bytes, partner_account_id: str, token: str, key: str
+    request: httpx.Request, partner_account_id: str
 ) -> AuthorizeRequest | httpx.Response:
     try:
-        data = json.loads(body)
+        data = json.loads(request.content)
     except (ValueError, RecursionError):
-        return _invalid("body", "must be a JSON object")
-    problems = _schema_problems(data)
+        return invalid("body", "must be a JSON object")
+    body, problems = read_body(data)
     if problems:
         return error_response(400, "VALIDATION_ERROR", "The request is invalid", problems)
-    payment = data["request_payment_transaction"]
+    payment = body.get("request_payment_transaction") or {}
+    token = body.get("request_customer_token")
+    headers = request.headers
     return AuthorizeRequest(
         partner_account_id=partner_account_id,
-        session_token=token,
-        idempotency_key=key,
-        currency=data["currency"],
-        amount=payment["amount"],
-        reference=payment["payment_transaction_reference"],
-        canonical_body=json.dumps(data, sort_keys=True).encode(),
+        session_token=next((headers[h] for h in SESSION_TOKEN_HEADERS if h in headers), None),
+        customer_token=headers.get(CUSTOMER_TOKEN_HEADER),
+        idempotency_key=headers["Klarna-Idempotency-Key"],
+        currency=body["currency"],
+        amount=payment.get("amount"),
+        reference=payment.get("payment_transaction_reference"),
+        capture=payment.get("capture"),
+        scopes=None if token is None else tuple(dict.fromkeys(token["scopes"])),
+        customer_token_reference=None if token is None else token.get("customer_token_reference"),
+        step_up=step_up_request(body),
+        payment_request_id=body.get("payment_request_id"),
+        body=body,
+        canonical_body=json.dumps(body, sort_keys=True).encode(),
     )
-
-
-def _schema_problems(data: object) -> list[dict[str, str]]:
-    if not isinstance(data, dict):
-        return [_problem("body", "must be a JSON object")]
-    problems = []
-    currency = data.get("currency")
-    if not isinstance(currency, str) or currency not in ISO_4217:
-        problems.append(_problem("currency", "must be an ISO 4217 currency code"))
-    payment = data.get("request_payment_transaction")
-    if not isinstance(payment, dict):
-        return [*problems, _problem("request_payment_transaction", "is required")]
-    amount = payment.get("amount")
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        problems.append(
-            _problem("request_payment_transaction.amount", "must be a positive integer")
-        )
-    reference = payment.get("payment_transaction_reference")
-    if not isinstance(reference, str) or not 1 <= len(reference) <= 255:
-        problems.append(
-            _problem(
-                "request_payment_transaction.payment_transaction_reference",
-                "must be a string of 1..255 characters",
-            )
-        )
-    return problems

@@ -8,23 +8,18 @@ import json
 import secrets
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from klarna_flow._errors import InvalidInput
 from klarna_flow._shared.validation import check_aware
 from klarna_flow.klarna._webhooks import check_signing_keys
 from klarna_flow.testing._fake_records import SignedNotification
+from klarna_flow.testing._fake_wire import iso_millis
 
 __all__ = ["DEFAULT_KEY_ID", "Signer", "iso_millis"]
 
 DEFAULT_KEY_ID = "fake-key-1"
-
-
-def iso_millis(instant: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and ``Z``, as Klarna writes times."""
-    text = instant.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
 
 
 class Signer:

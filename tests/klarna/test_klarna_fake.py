@@ -89,15 +89,24 @@ def test_older_token_header_name_is_accepted(http: httpx.Client, token: str) -> 
     assert http.post(URL, headers=sent, content=json.dumps(BODY)).status_code == 200
 
 
-@pytest.mark.parametrize("missing", ["Klarna-Network-Session-Token", "Klarna-Idempotency-Key"])
-def test_missing_header_gets_400(http: httpx.Client, token: str, missing: str) -> None:
+@pytest.mark.parametrize(
+    ("missing", "parameter"),
+    [
+        ("Klarna-Idempotency-Key", "Klarna-Idempotency-Key"),
+        # Without a token it is an initial call, which needs step_up_config.
+        ("Klarna-Network-Session-Token", "step_up_config"),
+    ],
+)
+def test_missing_header_gets_400(
+    http: httpx.Client, token: str, missing: str, parameter: str
+) -> None:
     sent = headers(token)
     del sent[missing]
 
     response = http.post(URL, headers=sent, content=json.dumps(BODY))
 
     assert (response.status_code, error_code(response)) == (400, "VALIDATION_ERROR")
-    assert response.json()["validation_errors"][0]["parameter"] == missing
+    assert response.json()["validation_errors"][0]["parameter"] == parameter
 
 
 @pytest.mark.parametrize(
@@ -164,10 +173,13 @@ def test_body_over_one_megabyte_gets_413(http: httpx.Client, token: str) -> None
 
 
 def test_unknown_route_gets_404_and_is_recorded(http: httpx.Client, fake: FakeKlarna) -> None:
-    response = http.get("https://fake/v2/accounts/x/payment/transactions/y")
+    fake.fail_next(503)
 
-    assert response.status_code == 404
+    response = http.get("https://fake/v2/accounts/x/payment/refunds/y")
+
+    assert (response.status_code, error_code(response)) == (404, "RESOURCE_NOT_FOUND")
     assert len(fake.requests) == 1
+    assert post(http, fake.issue_session_token(amount=11800, currency="USD")).status_code == 503
 
 
 def test_unknown_partner_account_gets_404(http: httpx.Client, token: str) -> None:
@@ -279,13 +291,13 @@ def test_tokens_fit_the_flow(fake: FakeKlarna, flow: str, session: bool, custome
 
     completed = fake.complete_payment_request(request_id)
 
-    assert request_id.startswith("krn:payment:eu1:payment-request:")
+    assert request_id.startswith("krn:payment:eu1:request:")
     assert (completed.session_token is not None) == session
     assert (completed.customer_token is not None) == customer
     if completed.session_token:
         assert completed.session_token.startswith("krn:payment:eu1:klarna-network-session-token:")
     if completed.customer_token:
-        assert completed.customer_token.startswith("krn:payment:eu1:customer-token:")
+        assert completed.customer_token.startswith("krn:customer-token:")
     payload = completed.notification.json()["payload"]
     assert ("klarna_network_session_token" in payload) == session
     assert ("klarna_customer" in payload) == customer  # where klarna-api.md §4 puts it
