@@ -1,26 +1,23 @@
 """Klarna's notification endpoint as a framework-free ASGI 3 application.
 
-:func:`notification_app` wraps :meth:`Payments.handle_notification_async
-<klarna_flow.Payments.handle_notification_async>` in a plain async callable
-that any ASGI server (uvicorn, hypercorn, granian...) serves, or any ASGI
-framework (Starlette, FastAPI, Litestar...) mounts at a path of its choice.
-Its routes are relative to where it is mounted (the scope's ``root_path``):
+:func:`notification_app` wraps
+:meth:`~klarna_flow.Payments.handle_notification_async` in a plain async
+callable that any ASGI server (uvicorn, hypercorn, granian...) serves, or
+that any ASGI framework (Starlette, FastAPI...) mounts at a path of its
+choice. Its routes are relative to where it is mounted (the scope's
+``root_path``):
 
-=========== ======== ==========================================================
-path        method   answer
-=========== ======== ==========================================================
-``/``       ``POST`` the raw body and headers go to ``handle_notification_async``;
-                     the status it returns, with ``{"outcome", "event_id"}``
-                     (and ``detail`` when it is not acknowledged) as JSON
-``/health`` ``GET``  200 ``{"status": "ok"}`` (``HEAD`` too)
-=========== ======== ==========================================================
+- ``POST /``: the raw body and headers go to ``handle_notification_async``;
+  the answer is the status it returns, with ``{"outcome", "event_id"}`` as
+  JSON (and ``detail`` when the notification is not acknowledged);
+- ``GET /health`` (or ``HEAD``): 200 ``{"status": "ok"}``;
+- any other method: 405 with an ``Allow`` header; any other path: 404.
 
-Any other method answers 405 with an ``Allow`` header; any other path 404.
 A body over :data:`MAX_BODY_BYTES` (1 MiB, the limit the handler enforces)
-is answered 413 as soon as it is announced by ``Content-Length`` or, while
-the body is read, as soon as it passes the limit: the rest is never read.
-When the client disconnects before its body is complete, nothing is applied
-and nothing is answered. An unexpected exception is answered 503 (Klarna
+is answered 413 as soon as ``Content-Length`` announces it or, while the body
+is read, as soon as it passes the limit: the rest is never read. When the
+client disconnects before its body is complete, nothing is applied and
+nothing is answered. An unexpected exception is answered 503 (Klarna
 retries) with no traceback, and logged on the ``klarna_flow.asgi`` logger
 with its stack but never a body, a header value or a foreign exception's
 message. Lifespan events are acknowledged: the caller owns ``payments`` and
