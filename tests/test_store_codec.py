@@ -484,9 +484,10 @@ def stepwise(recorder: ApplicationRecorder) -> list[IndexRow]:
         st.builds(create, PAYMENT, st.sampled_from(Flow), st.none() | KRN), min_size=1
     ),
     steps=st.lists(STEPS, min_size=5, max_size=40),
+    later=st.lists(STEPS, max_size=15),
 )
 def test_a_rebuild_equals_catching_up_event_by_event(
-    kind: str, creates: list[Step], steps: list[Step]
+    kind: str, creates: list[Step], steps: list[Step], later: list[Step]
 ) -> None:
     clock = ManualClock()
     with opened(kind, clock) as payments:
@@ -502,3 +503,32 @@ def test_a_rebuild_equals_catching_up_event_by_event(
         apart = PaymentIndex(recorder, MemoryIndex())  # rebuilt from the recorder's log
         apart.rebuild()
         assert apart.store.all_rows() == expected
+
+        # Catching up after a rebuild finds the rebuilt rows (keyed alike) and follows them.
+        for step in later:
+            step(world)
+        assert payments.read_model() == stepwise(recorder)
+
+
+def test_an_index_row_holds_the_terms_and_the_transaction() -> None:
+    """The later columns: reference, amount, currency, creation time, transaction id."""
+    clock = ManualClock()
+    with opened("sqlite", clock) as payments:
+        world = World(payments, clock)
+        create(0, Flow.AUTHORIZATION, None)(world)
+        clock.advance(timedelta(minutes=3))
+        approve = {
+            "payment_transaction_id": "krn:payment:eu1:transaction:t-1",
+            "correlation_id": None,
+            "transaction_expires_at": None,
+            "cause": "command:authorize",
+        }
+        attempt(0, "key-1", "approve", approve)(world)
+        payments.rebuild_read_models()
+
+        [row] = payments.read_model()
+
+    assert (row.reference, row.amount, row.currency) == ("order-0", 100, "EUR")
+    assert row.created_at == datetime(2025, 1, 1, 12, tzinfo=UTC).timestamp()
+    assert row.since == row.created_at + 180
+    assert row.payment_transaction_id == "krn:payment:eu1:transaction:t-1"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
+import attrs
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
@@ -32,7 +33,9 @@ _WINDOW = AUTHORIZATION_WINDOW.total_seconds()
 # The state each event leaves a payment in, as the read model stores it.
 _STATE_OF = {name: state.value for name, state in EVENT_STATES.items() if state is not None}
 # The payload fields a row is made of, besides the event's time.
-_ROW_FIELDS = frozenset({"flow", "payment_request_id", "request_expires_at", "completed_at"})
+_ROW_FIELDS = frozenset(
+    {"flow", "payment_request_id", "request_expires_at", "completed_at", "payment_transaction_id"}
+)
 _BATCH = 2000
 _CACHE_LIMIT = 200_000
 
@@ -65,6 +68,7 @@ def _kinds_declaring(names: Iterable[str]) -> frozenset[str]:
 # on a new event.
 _READ_IN_FULL = _kinds_declaring(_ROW_FIELDS)
 _MAY_NAME_REQUEST = _kinds_declaring({"payment_request_id"})
+_MAY_NAME_TRANSACTION = _kinds_declaring({"payment_transaction_id"})
 
 
 def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
@@ -76,31 +80,29 @@ def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
         return None
     state = _STATE_OF.get(kind, previous.state)
     if kind not in _READ_IN_FULL:  # most events: only the time is read, not the whole payload
-        since = previous.since if state == previous.state else seconds_field(n.state, "timestamp")
-        return IndexRow(
-            previous.payment_id,
-            state,
-            previous.flow,
-            n.originator_version,
-            since,
-            previous.request_expires_at,
-            previous.authorize_by,
-            previous.payment_request_id,
-        )
+        if state == previous.state:
+            return attrs.evolve(previous, version=n.originator_version)
+        since = seconds_field(n.state, "timestamp")
+        return attrs.evolve(previous, state=state, version=n.originator_version, since=since)
     return _read_in_full(previous, n, kind, state)
 
 
 def _created(n: Notification) -> IndexRow:
     payload = fields(n.state)
+    created_at = seconds(payload["timestamp"])
     return IndexRow(
         payment_id=as_uuid(n.originator_id),
         state="CREATED",
         flow=payload["flow"],
         version=n.originator_version,
-        since=seconds(payload["timestamp"]),
+        since=created_at,
         request_expires_at=seconds(payload["request_expires_at"]),
         authorize_by=None,
         payment_request_id=payload.get("payment_request_id"),
+        reference=payload.get("reference"),
+        amount=payload.get("amount"),
+        currency=payload.get("currency"),
+        created_at=created_at,
     )
 
 
@@ -116,15 +118,20 @@ def _read_in_full(previous: IndexRow, n: Notification, kind: str, state: str) ->
     elif kind == "PaymentRequestReported" and payload.get("request_expires_at") is not None:
         request_expires_at = seconds(payload["request_expires_at"])  # Klarna's new deadline
     payment_request_id = payload.get("payment_request_id")
-    return IndexRow(
-        previous.payment_id,
-        state,
-        previous.flow,
-        n.originator_version,
-        since,
-        request_expires_at,
-        authorize_by,
-        previous.payment_request_id if payment_request_id is None else payment_request_id,
+    transaction_id = payload.get("payment_transaction_id")
+    return attrs.evolve(
+        previous,
+        state=state,
+        version=n.originator_version,
+        since=since,
+        request_expires_at=request_expires_at,
+        authorize_by=authorize_by,
+        payment_request_id=(
+            previous.payment_request_id if payment_request_id is None else payment_request_id
+        ),
+        payment_transaction_id=(
+            previous.payment_transaction_id if transaction_id is None else transaction_id
+        ),
     )
 
 
@@ -218,6 +225,7 @@ class _Folded:
         "payment_id",
         "renewed",
         "state",
+        "transacting",
         "version",
     )
 
@@ -230,31 +238,47 @@ class _Folded:
         self.completed: bytes | None = None  # the last completion, unless a step-up followed
         self.renewed: bytes | None = None  # the last step-up: its request lifetime counts
         self.naming = [created]  # records that may name the payment request, oldest first
+        self.transacting: list[bytes] = []  # records that may name the transaction, oldest first
 
     def row(self) -> RowValues:
         """The row, as folding :func:`project` over the same records makes it."""
-        flow = text_field(self.created, "flow")
-        request_expires_at = seconds_field(self.renewed or self.created, "request_expires_at")
+        created = fields(self.created)  # one decode gives the payment's fixed terms
+        flow = created["flow"]
+        created_at = seconds(created["timestamp"])
+        if self.renewed is None:
+            request_expires_at = seconds(created["request_expires_at"])
+        else:
+            request_expires_at = seconds_field(self.renewed, "request_expires_at")
         authorize_by = None
         if self.completed is not None and flow != "TOKENIZATION":
             authorize_by = seconds_field(self.completed, "completed_at") + _WINDOW
+        since = (
+            created_at if self.changed is self.created else seconds_field(self.changed, "timestamp")
+        )
         return (
             self.payment_id,
             self.state,
             flow,
             self.version,
-            seconds_field(self.changed, "timestamp"),
+            since,
             request_expires_at,
             authorize_by,
-            self._payment_request_id(),
+            _last_named(self.naming, "payment_request_id"),
+            created.get("reference"),
+            created.get("amount"),
+            created.get("currency"),
+            created_at,
+            _last_named(self.transacting, "payment_transaction_id"),
         )
 
-    def _payment_request_id(self) -> str | None:
-        for stored in reversed(self.naming):
-            request_id: str | None = text_field(stored, "payment_request_id")
-            if request_id is not None:
-                return request_id
-        return None
+
+def _last_named(records: Sequence[bytes], name: str) -> Any:
+    """The field ``name`` of the newest record that holds a value for it, else None."""
+    for stored in reversed(records):
+        value = text_field(stored, name)
+        if value is not None:
+            return value
+    return None
 
 
 def _names_expiry(stored: bytes) -> bool:
@@ -277,7 +301,7 @@ class _Fold:
 
     def add(self, batch: Sequence[LogRecord]) -> None:
         acc, state_of = self._acc, _STATE_OF
-        read_in_full, naming = _READ_IN_FULL, _MAY_NAME_REQUEST
+        read_in_full, naming, transacting = _READ_IN_FULL, _MAY_NAME_REQUEST, _MAY_NAME_TRANSACTION
         for _, oid, version, topic, stored in batch:
             kind = event_name(topic)
             if kind == "PaymentCreated":
@@ -293,6 +317,8 @@ class _Fold:
             if kind in read_in_full:  # the few events whose fields rows are made of
                 if kind in naming:
                     a.naming.append(stored)
+                if kind in transacting:
+                    a.transacting.append(stored)
                 if kind == "PurchaseCompleted":
                     a.completed = stored
                 elif kind == "StepUpRequired":

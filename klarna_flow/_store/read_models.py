@@ -18,9 +18,33 @@ from uuid import UUID
 
 import attrs
 
+from klarna_flow._store.index_schema import (
+    COLUMNS,
+    CREATE_COLUMNS,
+    LATER_COLUMNS,
+    SECONDARY,
+    add_columns,
+    selected,
+    table_columns,
+)
+
 __all__ = ["IndexRow", "MemoryIndex", "ReadModelStore", "RowValues", "SQLIndex", "as_uuid"]
 
-RowValues = tuple[Any, str, str, int, float, float | None, float | None, str | None]
+RowValues = tuple[
+    Any,
+    str,
+    str,
+    int,
+    float,
+    float | None,
+    float | None,
+    str | None,
+    str | None,
+    int | None,
+    str | None,
+    float | None,
+    str | None,
+]
 """An index row as plain values, in :class:`IndexRow` field order (the id as
 stored: a UUID or its text), for bulk loads."""
 
@@ -37,7 +61,13 @@ def _deadline(
 
 @attrs.frozen
 class IndexRow:
-    """One payment as the read models see it (times are POSIX seconds, UTC)."""
+    """One payment as the read models see it (times are POSIX seconds, UTC).
+
+    ``since`` is when the payment entered its state; ``created_at`` when it
+    was created. The fields after ``payment_request_id`` came later: a row of
+    a store not yet brought up to them (read before its first catch-up) has
+    them None.
+    """
 
     payment_id: UUID
     state: str
@@ -47,6 +77,29 @@ class IndexRow:
     request_expires_at: float | None
     authorize_by: float | None
     payment_request_id: str | None = None
+    reference: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    created_at: float | None = None
+    payment_transaction_id: str | None = None
+
+    def values(self) -> RowValues:
+        """The row as plain values, in field order."""
+        return (
+            self.payment_id,
+            self.state,
+            self.flow,
+            self.version,
+            self.since,
+            self.request_expires_at,
+            self.authorize_by,
+            self.payment_request_id,
+            self.reference,
+            self.amount,
+            self.currency,
+            self.created_at,
+            self.payment_transaction_id,
+        )
 
     @property
     def deadline(self) -> float | None:
@@ -150,13 +203,6 @@ class _Datastore(Protocol):
     def transaction(self, *, commit: bool) -> AbstractContextManager[Any]: ...
 
 
-# (index name suffix, column) of the index's secondary indexes.
-_SECONDARY = (("deadline", "deadline"), ("state", "state"), ("request", "payment_request_id"))
-_COLUMNS = (
-    "payment_id, state, flow, version, since, request_expires_at, authorize_by, payment_request_id"
-)
-
-
 class SQLIndex:
     """Read models in SQL tables, through eventsourcing's own datastore.
 
@@ -186,19 +232,14 @@ class SQLIndex:
         self._index = f"{prefix}_payment_index"
         self._tracking = f"{prefix}_read_model_tracking"
         self._p = placeholder
+        self._sqlite = placeholder == "?"
+        self._present: frozenset[str] | None = None  # the table's columns, once read
         if create:
             self._create_tables()
 
     def _create_tables(self) -> None:
         with self._ds.transaction(commit=True) as c:
-            c.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._index} ("
-                "payment_id TEXT PRIMARY KEY, state TEXT NOT NULL, flow TEXT NOT NULL, "
-                "version BIGINT NOT NULL, since DOUBLE PRECISION NOT NULL, "
-                "request_expires_at DOUBLE PRECISION, authorize_by DOUBLE PRECISION, "
-                "payment_request_id TEXT, deadline DOUBLE PRECISION)"
-            )
-            self._create_indexes(c)
+            c.execute(f"CREATE TABLE IF NOT EXISTS {self._index} ({CREATE_COLUMNS})")
             c.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._tracking} ("
                 "name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
@@ -207,11 +248,34 @@ class SQLIndex:
                 f"INSERT INTO {self._tracking} (name, position) VALUES ('index', 0) "
                 "ON CONFLICT (name) DO NOTHING"
             )
+        self._upgrade()
+        with self._ds.transaction(commit=True) as c:
+            self._create_indexes(c)
 
     def _create_indexes(self, c: Any) -> None:
         name = self._index.split(".")[-1]  # PostgreSQL puts an index beside its table
-        for suffix, column in _SECONDARY:
+        for suffix, column in SECONDARY:
             c.execute(f"CREATE INDEX IF NOT EXISTS {name}_{suffix} ON {self._index} ({column})")
+
+    def _columns(self) -> frozenset[str]:
+        """The index table's columns (read once the table has them all)."""
+        if self._present is None or not self._complete(self._present):
+            with self._ds.transaction(commit=False) as c:
+                self._present = table_columns(c, self._index, sqlite=self._sqlite)
+        return self._present
+
+    @staticmethod
+    def _complete(present: frozenset[str]) -> bool:
+        return all(name in present for name, _ in LATER_COLUMNS)
+
+    def _upgrade(self) -> None:
+        """Before writing: add the columns an older table lacks (see index_schema)."""
+        if self._present is not None and self._complete(self._present):
+            return
+        with self._ds.transaction(commit=True) as c:
+            add_columns(c, self._index, self._tracking, sqlite=self._sqlite)
+        self._present = None
+        self._columns()
 
     def read_log(self, after: int, limit: int) -> list[tuple[int, Any, int, str, bytes]]:
         """The next records of the notification log after position ``after``.
@@ -240,6 +304,10 @@ class SQLIndex:
             ]
 
     def position(self) -> int:
+        """The last notification applied; 0 while the table lacks later columns
+        (its rows are incomplete until a catch-up from the start fills them)."""
+        if not self._complete(self._columns()):
+            return 0
         with self._ds.transaction(commit=False) as c:
             c.execute(f"SELECT position FROM {self._tracking} WHERE name = 'index'")
             row = c.fetchone()
@@ -255,7 +323,7 @@ class SQLIndex:
                 chunk = keys[start : start + 500]
                 marks = ", ".join([self._p] * len(chunk))
                 c.execute(
-                    f"SELECT {_COLUMNS} FROM {self._index} WHERE payment_id IN ({marks})",
+                    f"SELECT {self._selected()} FROM {self._index} WHERE payment_id IN ({marks})",
                     chunk,
                 )
                 for r in c.fetchall():
@@ -264,22 +332,11 @@ class SQLIndex:
         return found
 
     def apply(self, rows: Mapping[UUID, IndexRow], *, expected: int, position: int) -> bool:
-        values = [
-            (
-                r.payment_id,
-                r.state,
-                r.flow,
-                r.version,
-                r.since,
-                r.request_expires_at,
-                r.authorize_by,
-                r.payment_request_id,
-            )
-            for r in rows.values()
-        ]
+        values = [r.values() for r in rows.values()]
         return self.load(values, expected=expected, position=position)
 
     def load(self, values: Sequence[RowValues], *, expected: int, position: int) -> bool:
+        self._upgrade()
         p = self._p
         with self._ds.transaction(commit=True) as c:
             c.execute(
@@ -290,29 +347,7 @@ class SQLIndex:
             if c.fetchone() is None:
                 return False
             if values:
-                c.executemany(
-                    f"INSERT INTO {self._index} ({_COLUMNS}, deadline) "
-                    f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
-                    "ON CONFLICT (payment_id) DO UPDATE SET state = excluded.state, "
-                    "version = excluded.version, since = excluded.since, "
-                    "request_expires_at = excluded.request_expires_at, "
-                    "authorize_by = excluded.authorize_by, deadline = excluded.deadline, "
-                    "payment_request_id = excluded.payment_request_id",
-                    [
-                        (
-                            str(i),
-                            state,
-                            flow,
-                            version,
-                            since,
-                            rexp,
-                            aby,
-                            prid,
-                            _deadline(state, rexp, aby),
-                        )
-                        for i, state, flow, version, since, rexp, aby, prid in values
-                    ],
-                )
+                c.executemany(_UPSERT.format(index=self._index, p=p), [_stored(v) for v in values])
             if expected == 0:  # the first load after a clear: index the rows once
                 self._create_indexes(c)
         return True
@@ -338,7 +373,8 @@ class SQLIndex:
     def in_state(self, state: str) -> list[IndexRow]:
         with self._ds.transaction(commit=False) as c:
             c.execute(
-                f"SELECT {_COLUMNS} FROM {self._index} WHERE state = {self._p} ORDER BY since",
+                f"SELECT {self._selected()} FROM {self._index} WHERE state = {self._p} "
+                "ORDER BY since",
                 (state,),
             )
             return [_row(r) for r in c.fetchall()]
@@ -358,30 +394,58 @@ class SQLIndex:
 
     def _iter_all(self) -> Iterator[IndexRow]:
         with self._ds.transaction(commit=False) as c:
-            c.execute(f"SELECT {_COLUMNS} FROM {self._index} ORDER BY payment_id")
+            c.execute(f"SELECT {self._selected()} FROM {self._index} ORDER BY payment_id")
             for r in c.fetchall():
                 yield _row(r)
+
+    def _selected(self) -> str:
+        return selected(self._columns())
 
     def clear(self) -> None:
         """Empty the read models; the secondary indexes go too, and come back
         with the first load (a rebuild writes every row once, then indexes)."""
+        self._upgrade()
         with self._ds.transaction(commit=True) as c:
             c.execute(f"DELETE FROM {self._index}")
-            for suffix, _ in _SECONDARY:
+            for suffix, _ in SECONDARY:
                 c.execute(f"DROP INDEX IF EXISTS {self._index}_{suffix}")
             c.execute(f"UPDATE {self._tracking} SET position = 0 WHERE name = 'index'")
 
 
+_UPSERT = (
+    f"INSERT INTO {{index}} ({', '.join(COLUMNS)}, deadline) "
+    f"VALUES ({', '.join(['{p}'] * (len(COLUMNS) + 1))}) "
+    "ON CONFLICT (payment_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*COLUMNS[1:], "deadline"))
+)
+
+
+def _stored(v: RowValues) -> tuple[Any, ...]:
+    """A row's values as the table stores them: the id as canonical text (however
+    the event store keeps it: catch-up and rebuild must key a row alike), the
+    deadline added."""
+    return (str(as_uuid(v[0])), *v[1:], _deadline(v[1], v[5], v[6]))
+
+
 def _row(r: Any) -> IndexRow:
+    """The IndexRow of a selected row (later columns None where the table lacks them)."""
+    keys = r.keys()
+    later = [r[name] if name in keys else None for name, _ in LATER_COLUMNS]
+    amount = later[1]
     return IndexRow(
-        payment_id=UUID(r["payment_id"]),
-        state=r["state"],
-        flow=r["flow"],
-        version=int(r["version"]),
-        since=float(r["since"]),
-        request_expires_at=r["request_expires_at"],
-        authorize_by=r["authorize_by"],
-        payment_request_id=r["payment_request_id"],
+        UUID(r["payment_id"]),
+        r["state"],
+        r["flow"],
+        int(r["version"]),
+        float(r["since"]),
+        r["request_expires_at"],
+        r["authorize_by"],
+        r["payment_request_id"],
+        later[0],
+        None if amount is None else int(amount),
+        later[2],
+        later[3],
+        later[4],
     )
 
 
