@@ -125,6 +125,8 @@ class Intent:
     flow: Flow = Flow.AUTHORIZATION
     payload: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
     payment_request_id: str | None = None
+    customer_token: str | None = attrs.field(default=None, repr=False)
+    """The stored customer token a token charge sends."""
 
     def request(self) -> dict[str, Any]:
         """Keyword arguments of ``KlarnaClient.authorize``."""
@@ -135,6 +137,7 @@ class Intent:
             "currency": self.currency,
             "idempotency_key": self.idempotency_key,
             "correlation_id": str(self.payment_id),
+            "customer_token": self.customer_token,
         }
         if self.flow.authorizes:
             kwargs["amount"] = self.amount
@@ -179,6 +182,7 @@ def record_intent(ledger: AuthorizationLedger, payment_id: UUID) -> Intent:
     token = None
     if payment.session_token is not None:  # opened first: a missing key records nothing
         token = ledger.unseal(payment_id, "session_token", payment.session_token)
+    charge = charge_token_of(ledger, payment)
     key = idempotency_key(payment_id, payment.authorization_attempts + 1)
     payment.request_authorization(idempotency_key=key, now=now)
     try:
@@ -186,7 +190,7 @@ def record_intent(ledger: AuthorizationLedger, payment_id: UUID) -> Intent:
     except ConcurrentModification as e:
         raise lost_race(ledger, payment) from e
     assert token is not None  # the guard requires a session token
-    return intent_of(payment, account, token)
+    return intent_of(payment, account, token, charge)
 
 
 def lost_race(ledger: AuthorizationLedger, payment: Payment) -> ConcurrentModification:
@@ -238,7 +242,9 @@ def _expire_if_window_elapsed(ledger: AuthorizationLedger, payment: Payment, now
     )
 
 
-def intent_of(payment: Payment, account: str, session_token: str | None) -> Intent:
+def intent_of(
+    payment: Payment, account: str, session_token: str | None, customer_token: str | None
+) -> Intent:
     """The intent the payment recorded last (it is ``AUTHORIZING``)."""
     assert payment.idempotency_key is not None
     return Intent(
@@ -254,7 +260,15 @@ def intent_of(payment: Payment, account: str, session_token: str | None) -> Inte
         flow=payment.flow,
         payload=payment.initial_payload,
         payment_request_id=payment.payment_request_id,
+        customer_token=customer_token,
     )
+
+
+def charge_token_of(ledger: AuthorizationLedger, payment: Payment) -> str | None:
+    """The stored customer token a token charge sends, opened for the call."""
+    if payment.charge_token is None:
+        return None
+    return ledger.unseal(payment.id, "charge_token", payment.charge_token)
 
 
 def resume_intent(ledger: AuthorizationLedger, payment: Payment) -> Intent:
@@ -263,7 +277,7 @@ def resume_intent(ledger: AuthorizationLedger, payment: Payment) -> Intent:
     if payment.session_token is not None:
         token = ledger.unseal(payment.id, "session_token", payment.session_token)
     account = payment.partner_account_id or ledger.partner_account_id or ""
-    return intent_of(payment, account, token)
+    return intent_of(payment, account, token, charge_token_of(ledger, payment))
 
 
 def is_ambiguous(error: KlarnaError, *, resent: bool = False) -> bool:
@@ -333,7 +347,8 @@ def _apply(
     now = ledger.now()
     if response is None:
         assert error is not None
-        if not is_ambiguous(error, resent=cause == RECONCILE):
+        resent = cause == RECONCILE
+        if isinstance(error, ImpossibleAnswer) or not is_ambiguous(error, resent=resent):
             _fail(payment, error, now, cause)
         elif cause == RECONCILE and is_settled_refusal(error):
             _mark_unresolved(payment, error, now, cause)
@@ -362,6 +377,11 @@ def _apply(
         )
 
 
+class ImpossibleAnswer(KlarnaUnexpectedResponse):
+    """An answer Klarna documents it never gives here (a step-up for a customer-not-present
+    token charge): recorded as a failed attempt that says what happened."""
+
+
 def unusable_answer(payment: Payment, response: AuthorizationResponse) -> KlarnaError | None:
     """The error for an approval that lacks what the payment's flow needs, else None.
 
@@ -369,6 +389,17 @@ def unusable_answer(payment: Payment, response: AuthorizationResponse) -> Klarna
     pure tokenization without the customer token, cannot be recorded as
     such; Klarna acted, so the payment stays pending (never failed).
     """
+    if (
+        response.result is AuthorizationResult.STEP_UP_REQUIRED
+        and payment.is_token_charge
+        and not payment.customer_present
+    ):
+        return ImpossibleAnswer(
+            f"Klarna answered STEP_UP_REQUIRED to the customer-not-present charge of "
+            f"payment {payment.id}; only APPROVED or DECLINED are documented",
+            status_code=response.status_code,
+            correlation_id=response.correlation_id,
+        )
     if response.result is not AuthorizationResult.APPROVED:
         return None
     if payment.flow is Flow.TOKENIZATION and payment.pending_call == "INITIAL":

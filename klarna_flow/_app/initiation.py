@@ -128,7 +128,8 @@ def record_initiation(
     token = options.session_token
     if token is not None:
         token = check_token(token, "session_token")
-    if payload["step_up"] is None and token is None:
+    charge = _charge_token(ledger, payment, payload)
+    if charge is None and payload["step_up"] is None and token is None:
         raise InvalidInput(
             "step_up", "is required unless a session token from an earlier journey is given"
         )
@@ -145,4 +146,15 @@ def record_initiation(
         ledger.save(payment)
     except ConcurrentModification as e:
         raise lost_race(ledger, payment) from e
-    return intent_of(payment, account, token)
+    return intent_of(payment, account, token, charge)
+
+
+def _charge_token(
+    ledger: AuthorizationLedger, payment: Payment, payload: dict[str, Any]
+) -> str | None:
+    """The customer token a token charge sends (opened first: a missing key records nothing)."""
+    if payment.charge_token is None:
+        return None
+    if not payment.customer_present and payload["step_up"] is not None:
+        raise InvalidInput("step_up", "a customer-not-present charge never steps up")
+    return ledger.unseal(payment.id, "charge_token", payment.charge_token)

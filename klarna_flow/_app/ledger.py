@@ -14,7 +14,7 @@ from klarna_flow._domain.sealed import SealedSecret
 from klarna_flow._errors import InvalidInput
 from klarna_flow._shared.clock import Clock
 from klarna_flow._shared.validation import check_aware, check_cause, check_krn, check_token
-from klarna_flow._store.payment_store import PaymentStore
+from klarna_flow._store.payment_store import PaymentStore, payment_id_for
 
 __all__ = ["Ledger", "check_completion"]
 
@@ -64,6 +64,16 @@ class Ledger:
 
     def find_by_payment_request(self, payment_request_id: str) -> UUID | None:
         return self.store.find_by_payment_request(payment_request_id)
+
+    def find_by_reference(self, partner_account_id: str, reference: str) -> UUID:
+        """The payment created for (account, reference).
+
+        Raises:
+            PaymentNotFound: none was.
+        """
+        payment_id = payment_id_for(partner_account_id, reference)
+        self.store.get(payment_id)  # raises PaymentNotFound
+        return payment_id
 
     def complete(
         self,

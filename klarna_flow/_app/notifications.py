@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from klarna_flow._app.transactions import apply_transaction_notification
 from klarna_flow._domain.lifecycle import PaymentState, is_final
 from klarna_flow._errors import (
     CommandRefused,
@@ -39,6 +40,7 @@ from klarna_flow.klarna._webhooks import (
     EXPIRED,
     KNOWN_TYPES,
     REPORTED_TYPES,
+    TRANSACTION_PREFIX,
     Envelope,
     Headers,
     NotificationOutcome,
@@ -98,6 +100,8 @@ class NotificationHandler:
             envelope = parse_envelope(body)
         except NotificationRejected as e:
             return self._count(NotificationResult(400, NotificationOutcome.REJECTED, detail=str(e)))
+        if envelope.event_type.startswith(TRANSACTION_PREFIX):
+            return self._count(self._transaction(envelope))
         if envelope.event_type not in KNOWN_TYPES:
             return self._count(
                 _result(envelope, 200, NotificationOutcome.UNKNOWN_TYPE, None, "ignored")
@@ -106,6 +110,20 @@ class NotificationHandler:
             return self._count(self._apply(envelope))
         except StorageError as e:
             return self._count(_result(envelope, 503, NotificationOutcome.ERROR, None, str(e)))
+
+    def _transaction(self, envelope: Envelope) -> NotificationResult:
+        try:
+            return apply_transaction_notification(self.ledger, envelope)
+        except MalformedNotification as e:
+            return NotificationResult(
+                400,
+                NotificationOutcome.REJECTED,
+                event_id=envelope.event_id,
+                event_type=envelope.event_type,
+                detail=str(e),
+            )
+        except StorageError as e:
+            return _result(envelope, 503, NotificationOutcome.ERROR, None, str(e))
 
     def _apply(self, envelope: Envelope) -> NotificationResult:
         request_id = envelope.payment_request_id

@@ -20,7 +20,7 @@ from uuid import UUID
 
 from eventsourcing.utils import EnvType
 
-from klarna_flow._app import authorizer, cancellation
+from klarna_flow._app import authorizer, cancellation, transactions
 from klarna_flow._app.authorization import AuthorizationOutcome, Intent, outcome_of
 from klarna_flow._app.checks import (
     check_flow,
@@ -31,6 +31,7 @@ from klarna_flow._app.checks import (
 from klarna_flow._app.initiation import InitiateOptions
 from klarna_flow._app.ledger import Ledger, check_completion
 from klarna_flow._app.notifications import NotificationHandler
+from klarna_flow._app.token_charges import charge_token
 from klarna_flow._audit.log import AuditEntry, AuditLog, TextOut, VerificationReport
 from klarna_flow._domain.lifecycle import (
     DEFAULT_REQUEST_LIFETIME,
@@ -218,14 +219,28 @@ class Payments:
         reference: str,
         partner_account_id: str | None = None,
         payment_request_id: str | None = None,
+        customer_token: str | None = None,
+        customer_token_of: UUID | None = None,
+        customer_present: bool = False,
     ) -> UUID:
         """Record a new payment; idempotent on (partner account, reference).
+
+        Args:
+            customer_token: make it a charge of this stored customer token
+                (an ``AUTHORIZATION``; sealed at rest), sent with
+                ``initiate`` as ``Klarna-Customer-Token``.
+            customer_token_of: charge the customer token held by this
+                tokenization payment instead.
+            customer_present: a token charge with the customer taking part
+                (it may step up); False: customer not present (Klarna answers
+                only approved or declined).
 
         Returns:
             The payment id (the same id for the same call made twice).
 
         Raises:
             InvalidInput: a bad argument (nothing recorded).
+            MissingToken: ``customer_token_of`` holds no customer token.
             ReferenceConflict: the reference is taken by different terms.
         """
         flow = check_flow(flow)
@@ -238,6 +253,15 @@ class Payments:
         if payment_request_id is not None:
             check_krn(payment_request_id, "payment_request_id")
         payment_id = payment_id_for(account, reference)
+        sealed, present = charge_token(
+            self._ledger,
+            payment_id,
+            flow=flow,
+            customer_token=customer_token,
+            customer_token_of=customer_token_of,
+            customer_present=customer_present,
+            payment_request_id=payment_request_id,
+        )
         terms = (flow, amount, currency, account or "")
         payment = Payment.create(
             payment_id=payment_id,
@@ -249,6 +273,8 @@ class Payments:
             payment_request_id=payment_request_id,
             request_lifetime=self.request_lifetime,
             now=self.now(),
+            charge_token=sealed,
+            customer_present=present,
         )
         try:
             self._ledger.save(payment)  # the store's uniqueness decides: no read first
@@ -531,6 +557,102 @@ class Payments:
             except PaymentNotFound:
                 continue  # deleted from the store under the index: verify reports it
         return rows
+
+    def resolve(
+        self,
+        payment_id: UUID,
+        *,
+        by: str,
+        evidence: str,
+        transaction_id: str | None = None,
+        no_transaction: bool = False,
+    ) -> Payment:
+        """Record an operator's resolution of a pending (or unresolved) authorization.
+
+        The last rung of the resolution ladder, for a payment whose call may
+        have reached Klarna and that neither a re-send nor a notification
+        settled: a human looked (in Klarna's portal, say) and records what
+        they found, with ``evidence``, under the cause ``operator:<by>``.
+
+        Args:
+            by: who resolves (letters, digits, ``._@+-``; shown in the audit trail).
+            evidence: what the resolution rests on (shown in the audit trail).
+            transaction_id: the transaction Klarna holds: the payment becomes
+                ``AUTHORIZED`` with it.
+            no_transaction: Klarna holds none: the payment goes back to where
+                the attempt began (``COMPLETED``, or ``CREATED`` for an initial
+                call). A transaction Klarna reports later is recorded as a
+                conflict and logged at ERROR.
+
+        Raises:
+            InvalidInput: a bad argument, or not exactly one of the two.
+            InvalidTransition: the payment is not ``AUTHORIZING``.
+            WrongFlow: a transaction for a pure tokenization payment.
+            ConcurrentModification: it changed meanwhile; nothing recorded.
+        """
+        return transactions.resolve(
+            self._ledger,
+            check_payment_id(payment_id),
+            by=by,
+            evidence=evidence,
+            transaction_id=transaction_id,
+            no_transaction=no_transaction,
+        )
+
+    def refresh_transaction(self, payment_id: UUID) -> Payment:
+        """Read the payment's transaction at Klarna and record what changed.
+
+        ``GET .../payment/transactions/{id}``; a ``TransactionReported`` event
+        is recorded only when Klarna reports something new (see
+        ``Payment.transaction_view``).
+
+        Raises:
+            InvalidTransition: the payment holds no transaction.
+            KlarnaError: Klarna could not be read; nothing recorded.
+            ConfigurationError: no Klarna client was given.
+        """
+        return transactions.refresh(self._ledger, self._client(), check_payment_id(payment_id))
+
+    async def refresh_transaction_async(self, payment_id: UUID) -> Payment:
+        """:meth:`refresh_transaction` with ``AsyncKlarnaClient``."""
+        client = self._async_client()
+        return await transactions.refresh_async(self._ledger, client, check_payment_id(payment_id))
+
+    def expiring_transactions(self, *, within: timedelta = timedelta(days=2)) -> list[Payment]:
+        """Authorized payments whose transaction expires uncaptured within ``within``.
+
+        Read from the payments the index lists as ``AUTHORIZED``, soonest first.
+        """
+        check_positive_duration(within, "within")
+        horizon = self.now() + within
+        found: list[tuple[datetime, Payment]] = []
+        for row in self._store.read_model(PaymentState.AUTHORIZED):
+            payment = self._quietly(row.payment_id)
+            view = None if payment is None else payment.transaction_view
+            if view is None or view.state not in (None, "AUTHORIZED") or view.expires_at is None:
+                continue
+            if payment is not None and view.captured_amount == 0 and view.expires_at <= horizon:
+                found.append((view.expires_at, payment))
+        return [payment for _, payment in sorted(found, key=lambda pair: pair[0])]
+
+    def conflicts(self) -> list[Payment]:
+        """Payments for which Klarna reported a transaction their record contradicts.
+
+        Each holds ``TransactionConflict`` events (see the audit trail). This
+        reads every payment the index lists: an operator's query.
+        """
+        found = []
+        for row in self._store.read_model(None):
+            payment = self._quietly(row.payment_id)
+            if payment is not None and payment.conflicts:
+                found.append(payment)
+        return found
+
+    def _quietly(self, payment_id: UUID) -> Payment | None:
+        try:
+            return self.get(payment_id)
+        except PaymentNotFound:
+            return None  # deleted under the index: verify reports it
 
     # -- expiry and notifications ----------------------------------------------
 

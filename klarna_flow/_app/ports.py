@@ -14,7 +14,7 @@ from uuid import UUID
 from klarna_flow._domain.payment import Payment
 from klarna_flow._domain.sealed import SealedSecret
 
-__all__ = ["AuthorizationLedger", "NotificationLedger"]
+__all__ = ["AuthorizationLedger", "NotificationLedger", "TransactionLedger"]
 
 
 class _Payments(Protocol):
@@ -49,12 +49,23 @@ class AuthorizationLedger(_Payments, Protocol):
         ...
 
 
-class NotificationLedger(_Payments, Protocol):
-    """What applying Klarna's notifications needs."""
+class TransactionLedger(_Payments, Protocol):
+    """What recording Klarna's transaction reports and resolutions needs."""
+
+    @property
+    def partner_account_id(self) -> str | None: ...
 
     def find_by_payment_request(self, payment_request_id: str) -> UUID | None:
         """The payment holding Klarna's ``payment_request_id``, if any."""
         ...
+
+    def find_by_reference(self, partner_account_id: str, reference: str) -> UUID:
+        """The payment created for (account, reference) (``PaymentNotFound`` if none)."""
+        ...
+
+
+class NotificationLedger(TransactionLedger, Protocol):
+    """What applying Klarna's notifications needs."""
 
     def complete(
         self,

@@ -25,6 +25,7 @@ from klarna_flow._domain.lifecycle import (
     decide,
 )
 from klarna_flow._domain.sealed import SealedSecret
+from klarna_flow._domain.transaction import TransactionView
 from klarna_flow._errors import InvalidInput, InvalidTransition
 
 __all__ = ["EVENT_STATES", "Payment"]
@@ -61,6 +62,8 @@ class Payment(Aggregate):
         payment_request_id: str | None
         request_expires_at: datetime
         cause: str
+        charge_token: SealedSecret | None = None
+        customer_present: bool | None = None
 
     class Event(Aggregate.Event):
         cause: str
@@ -228,6 +231,73 @@ class Payment(Aggregate):
             payment.last_result = "FAILED"
             payment.pending_call = None
 
+    class TransactionReported(Event):
+        """Klarna reported the transaction (a notification, or a read): its view changes.
+
+        ``transaction`` holds the fields Klarna reported (``state``,
+        ``payment_funding``, ``captured_amount``, ``payment_captures``,
+        ``expires_at``...); the lifecycle state stays ``AUTHORIZED``.
+        """
+
+        source: str
+        event_type: str | None
+        transaction: dict[str, Any]
+
+        def apply(self, payment: Payment) -> None:
+            payment.transaction = {**(payment.transaction or {}), **self.transaction}
+
+    class TransactionConflict(Event):
+        """Klarna reported a transaction the payment's record contradicts.
+
+        A transaction for a payment resolved (or failed) as having none, or a
+        second transaction for an authorized one. Recorded, logged at ERROR,
+        listed for a human; the state is unchanged.
+        """
+
+        payment_transaction_id: str
+        event_type: str
+        detail: str
+
+        def apply(self, payment: Payment) -> None:
+            payment.conflicts = [*payment.conflicts, self.detail]
+
+    class ResolvedWithTransaction(Event):
+        """An operator resolved a pending authorization: Klarna holds this transaction."""
+
+        by: str
+        evidence: str
+        payment_transaction_id: str
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.AUTHORIZED
+            payment.payment_transaction_id = self.payment_transaction_id
+            payment.last_result = "APPROVED"
+            payment.resolution = f"transaction {self.payment_transaction_id} ({self.by})"
+
+    class ResolvedWithoutTransaction(Event):
+        """An operator resolved a pending final authorization: no transaction exists."""
+
+        by: str
+        evidence: str
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.COMPLETED
+            payment.last_result = "FAILED"
+            payment.pending_call = None
+            payment.resolution = f"no transaction ({self.by})"
+
+    class InitiationResolvedWithoutTransaction(Event):
+        """An operator resolved a pending initial call: no transaction exists."""
+
+        by: str
+        evidence: str
+
+        def apply(self, payment: Payment) -> None:
+            payment.state = PaymentState.CREATED
+            payment.last_result = "FAILED"
+            payment.pending_call = None
+            payment.resolution = f"no transaction ({self.by})"
+
     class PaymentExpired(Event):
         reason: str
 
@@ -280,8 +350,12 @@ class Payment(Aggregate):
         payment_request_id: str | None,
         request_expires_at: datetime,
         cause: str,
+        charge_token: SealedSecret | None = None,
+        customer_present: bool | None = None,
     ) -> None:
         del cause  # kept in the event for the audit trail
+        self.charge_token = charge_token
+        self.customer_present = customer_present
         self.state = PaymentState.CREATED
         self.flow = Flow(flow)
         self.amount = amount
@@ -308,6 +382,8 @@ class Payment(Aggregate):
         self.expiry_reason: str | None = None
         self.last_result: str | None = None
         self.unresolved_reason: str | None = None
+        self.resolution: str | None = None
+        self.conflicts: list[str] = []
         self.notification_ids: frozenset[str] = frozenset()
 
     # -- creation ---------------------------------------------------------
@@ -326,8 +402,14 @@ class Payment(Aggregate):
         request_lifetime: timedelta,
         now: datetime,
         cause: str = "command:create",
+        charge_token: SealedSecret | None = None,
+        customer_present: bool | None = None,
     ) -> Payment:
-        """Record ``PaymentCreated``; inputs are checked by the application."""
+        """Record ``PaymentCreated``; inputs are checked by the application.
+
+        ``charge_token`` makes it a charge of a stored customer token
+        (``customer_present`` says whether the customer takes part).
+        """
         return cls._create(
             cls.PaymentCreated,
             id=payment_id,
@@ -340,6 +422,8 @@ class Payment(Aggregate):
             payment_request_id=payment_request_id,
             request_expires_at=now + request_lifetime,
             cause=cause,
+            charge_token=charge_token,
+            customer_present=customer_present,
         )
 
     # -- derived ----------------------------------------------------------
@@ -380,6 +464,18 @@ class Payment(Aggregate):
             request_open=self.state is PaymentState.CREATED and self.payment_request_id is not None,
             initial_call_pending=self.is_initial_call_pending,
         )
+
+    @property
+    def is_token_charge(self) -> bool:
+        """True for a payment that charges a stored customer token."""
+        return self.charge_token is not None
+
+    @property
+    def transaction_view(self) -> TransactionView | None:
+        """The transaction as Klarna last reported it, or None before authorization."""
+        if self.payment_transaction_id is None:
+            return None
+        return TransactionView.of(self.payment_transaction_id, self.transaction or {})
 
     @property
     def step_up_url(self) -> str | None:
@@ -659,6 +755,101 @@ class Payment(Aggregate):
         decide("expire", facts, payment_id=self.id)
         self._record(self.PaymentExpired, now, cause, reason=reason)
 
+    def report_transaction(
+        self,
+        *,
+        transaction: dict[str, Any],
+        source: str,
+        event_type: str | None,
+        now: datetime,
+        cause: str,
+    ) -> bool:
+        """Record ``TransactionReported`` when it tells something new; True if recorded.
+
+        Raises:
+            InvalidTransition: the payment holds no transaction.
+        """
+        if self.payment_transaction_id is None:
+            raise InvalidTransition(
+                f"payment {self.id} is {self.state.value}: it holds no transaction",
+                payment_id=self.id,
+                command="report_transaction",
+                state=self.state.value,
+            )
+        known = self.transaction or {}
+        if all(known.get(k) == v for k, v in transaction.items()):
+            return False
+        self._record(
+            self.TransactionReported,
+            now,
+            cause,
+            source=source,
+            event_type=event_type,
+            transaction=transaction,
+        )
+        return True
+
+    def note_conflict(
+        self,
+        *,
+        payment_transaction_id: str,
+        event_type: str,
+        detail: str,
+        now: datetime,
+        cause: str,
+    ) -> None:
+        """Record ``TransactionConflict``: Klarna reported what the record contradicts."""
+        self._record(
+            self.TransactionConflict,
+            now,
+            cause,
+            payment_transaction_id=payment_transaction_id,
+            event_type=event_type,
+            detail=detail,
+        )
+
+    def resolve(
+        self,
+        *,
+        by: str,
+        evidence: str,
+        payment_transaction_id: str | None,
+        now: datetime,
+        cause: str,
+    ) -> None:
+        """Record an operator's resolution of the pending authorize call.
+
+        With a transaction id: ``ResolvedWithTransaction`` (``AUTHORIZED``).
+        Without: the call made no transaction, and the payment is back where
+        the attempt began (``COMPLETED``, or ``CREATED`` for an initial call).
+        """
+        if self.state is not PaymentState.AUTHORIZING:
+            raise InvalidTransition(
+                f"payment {self.id} is {self.state.value}: no authorize call is pending",
+                payment_id=self.id,
+                command="resolve",
+                state=self.state.value,
+            )
+        facts = self.facts(now)
+        if payment_transaction_id is not None:
+            decide("approve", facts, payment_id=self.id)
+            self._record(
+                self.ResolvedWithTransaction,
+                now,
+                cause,
+                by=by,
+                evidence=evidence,
+                payment_transaction_id=payment_transaction_id,
+            )
+        elif self.is_initial_call_pending:
+            decide("fail_initiation", facts, payment_id=self.id)
+            self._record(
+                self.InitiationResolvedWithoutTransaction, now, cause, by=by, evidence=evidence
+            )
+        else:
+            decide("fail", facts, payment_id=self.id)
+            self._record(self.ResolvedWithoutTransaction, now, cause, by=by, evidence=evidence)
+
     def check_cancel(self, now: datetime) -> None:
         """Raise what :meth:`cancel` would raise, recording nothing (before calling Klarna)."""
         decide("cancel", self.facts(now), payment_id=self.id)
@@ -725,6 +916,11 @@ EVENT_STATES: dict[str, PaymentState | None] = {
     "StepUpRequired": PaymentState.CREATED,
     "AuthorizationFailed": PaymentState.COMPLETED,
     "InitiationFailed": PaymentState.CREATED,
+    "TransactionReported": None,
+    "TransactionConflict": None,
+    "ResolvedWithTransaction": PaymentState.AUTHORIZED,
+    "ResolvedWithoutTransaction": PaymentState.COMPLETED,
+    "InitiationResolvedWithoutTransaction": PaymentState.CREATED,
     "PaymentExpired": PaymentState.EXPIRED,
     "PaymentCanceled": PaymentState.CANCELED,
     "PaymentRequestDeclined": PaymentState.DECLINED,

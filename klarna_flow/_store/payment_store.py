@@ -338,9 +338,9 @@ def _project(events: list[Any]) -> Payment:
     return payment
 
 
-def check_payment_id(payment_id: object) -> UUID:
+def check_payment_id(payment_id: object, field: str = "payment_id") -> UUID:
     if not isinstance(payment_id, UUID):
-        raise InvalidInput("payment_id", f"must be a UUID, not {type(payment_id).__name__}")
+        raise InvalidInput(field, f"must be a UUID, not {type(payment_id).__name__}")
     return payment_id
 
 

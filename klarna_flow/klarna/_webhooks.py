@@ -32,15 +32,19 @@ from klarna_flow.klarna._wire import instant
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "TRANSACTION_PREFIX",
     "CompletionTokens",
     "Envelope",
     "Headers",
     "NotificationOutcome",
     "NotificationResult",
+    "TransactionReport",
     "check_signing_keys",
     "completion_tokens",
     "parse_envelope",
+    "reported_expiry",
     "reported_state",
+    "transaction_report",
     "verify_signature",
 ]
 
@@ -56,6 +60,18 @@ UPDATED = "payment.request.updated"
 #: Reports about an open payment request: recorded, the payment's state unchanged.
 REPORTED_TYPES = frozenset({SUBMITTED, IN_PROGRESS, UPDATED})
 KNOWN_TYPES = frozenset({COMPLETED, EXPIRED, CANCELED, DECLINED}) | REPORTED_TYPES
+#: ``payment.transaction.state-change.*``, ``payment.transaction.captured``...
+TRANSACTION_PREFIX = "payment.transaction."
+# The transaction fields a report keeps (the view is built from them).
+_TRANSACTION_FIELDS = (
+    "state",
+    "amount",
+    "currency",
+    "captured_amount",
+    "payment_captures",
+    "payment_funding",
+    "expires_at",
+)
 KEY_ID_HEADER = "klarna-signing-key-id"
 SIGNATURE_HEADER = "klarna-signature"
 
@@ -121,6 +137,8 @@ class Envelope:
     event_type: str
     occurred_at: datetime
     payload: Mapping[str, Any] = attrs.field(repr=False)
+    account_id: str | None = None
+    """The partner account it is about (v2 ``subject_account_id``, v1 ``account_id``)."""
 
     @property
     def payment_request_id(self) -> str | None:
@@ -129,6 +147,46 @@ class Envelope:
 
 
 # -- what a notification's payload says ---------------------------------------------
+
+
+@attrs.frozen
+class TransactionReport:
+    """What a ``payment.transaction.*`` notification says about a transaction.
+
+    Klarna does not document these payloads beyond their names: the fields
+    are read at the payload's top level or under ``payment_transaction``.
+    """
+
+    payment_transaction_id: str
+    reference: str | None
+    payment_request_id: str | None
+    fields: Mapping[str, Any]
+
+
+def transaction_report(payload: Mapping[str, Any]) -> TransactionReport:
+    """The report a transaction notification carries.
+
+    Raises:
+        MalformedNotification: no ``payment_transaction_id``.
+    """
+    nested = payload.get("payment_transaction")
+    source = {**payload, **nested} if isinstance(nested, Mapping) else dict(payload)
+    transaction_id = source.get("payment_transaction_id")
+    if not isinstance(transaction_id, str) or not transaction_id.startswith("krn:"):
+        raise MalformedNotification("payload.payment_transaction_id missing or invalid")
+    fields = {name: source[name] for name in _TRANSACTION_FIELDS if name in source}
+    capture = source.get("payment_capture")
+    if isinstance(capture, Mapping):
+        fields["last_capture"] = dict(capture)
+    reference = source.get("payment_transaction_reference")
+    request_id = source.get("payment_request_id")
+    return TransactionReport(
+        payment_transaction_id=transaction_id,
+        reference=reference if isinstance(reference, str) and reference else None,
+        payment_request_id=request_id if isinstance(request_id, str) and request_id else None,
+        fields=fields,
+    )
+
 
 _SESSION_TOKEN_NAMES = ("klarna_network_session_token", "payment_token")
 _CUSTOMER_TOKEN_NAMES = ("customer_token", "customer_token_id")
@@ -382,7 +440,16 @@ def parse_envelope(body: bytes) -> Envelope:
         raise MalformedNotification("metadata.event_id missing or invalid")
     if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
         raise MalformedNotification("metadata.event_type missing or invalid")
-    return Envelope(event_id, event_type, _occurred_at(metadata.get("occurred_at")), payload)
+    account = next(
+        (
+            metadata[name]
+            for name in ("subject_account_id", "account_id", "recipient_account_id")
+            if isinstance(metadata.get(name), str) and metadata[name]
+        ),
+        None,
+    )
+    occurred_at = _occurred_at(metadata.get("occurred_at"))
+    return Envelope(event_id, event_type, occurred_at, payload, account_id=account)
 
 
 def _occurred_at(value: object) -> datetime:

@@ -586,7 +586,7 @@ def test_a_duplicate_that_loses_the_race_is_answered_as_a_duplicate(
     "event_type",
     [
         "payments.v2.request.state-change.in-progress",
-        "payment.transaction.state-change.captured",
+        "payment.token.revoked",
         "payment.request.state-change.prepared",
     ],
 )
@@ -797,7 +797,7 @@ def test_counts_add_up(kit: Kit) -> None:
     deliver(kit, done.notification)
     deliver(kit, done.notification)
     kit.payments.handle_notification(b"{}", {})
-    deliver(kit, kit.fake.notification("payment.transaction.state-change.captured", {}))
+    deliver(kit, kit.fake.notification("payments.v2.request.state-change.in-progress", {}))
 
     assert dict(kit.payments.notification_counts) == {
         "applied": 1,
