@@ -68,7 +68,10 @@ def _kinds_declaring(names: Iterable[str]) -> frozenset[str]:
 # on a new event.
 _READ_IN_FULL = _kinds_declaring(_ROW_FIELDS)
 _MAY_NAME_REQUEST = _kinds_declaring({"payment_request_id"})
-_MAY_NAME_TRANSACTION = _kinds_declaring({"payment_transaction_id"})
+# Events that give the payment its transaction id. Not every event naming a
+# transaction does: one may report a transaction the payment's record
+# contradicts, and leaves the payment's id as it was.
+_SETS_TRANSACTION = frozenset({"AuthorizationApproved", "ResolvedWithTransaction"})
 
 
 def project(previous: IndexRow | None, n: Notification) -> IndexRow | None:
@@ -118,7 +121,7 @@ def _read_in_full(previous: IndexRow, n: Notification, kind: str, state: str) ->
     elif kind == "PaymentRequestReported" and payload.get("request_expires_at") is not None:
         request_expires_at = seconds(payload["request_expires_at"])  # Klarna's new deadline
     payment_request_id = payload.get("payment_request_id")
-    transaction_id = payload.get("payment_transaction_id")
+    transaction_id = payload.get("payment_transaction_id") if kind in _SETS_TRANSACTION else None
     return attrs.evolve(
         previous,
         state=state,
@@ -238,7 +241,7 @@ class _Folded:
         self.completed: bytes | None = None  # the last completion, unless a step-up followed
         self.renewed: bytes | None = None  # the last step-up: its request lifetime counts
         self.naming = [created]  # records that may name the payment request, oldest first
-        self.transacting: list[bytes] = []  # records that may name the transaction, oldest first
+        self.transacting: list[bytes] = []  # records that set the transaction id, oldest first
 
     def row(self) -> RowValues:
         """The row, as folding :func:`project` over the same records makes it."""
@@ -301,7 +304,7 @@ class _Fold:
 
     def add(self, batch: Sequence[LogRecord]) -> None:
         acc, state_of = self._acc, _STATE_OF
-        read_in_full, naming, transacting = _READ_IN_FULL, _MAY_NAME_REQUEST, _MAY_NAME_TRANSACTION
+        read_in_full, naming, transacting = _READ_IN_FULL, _MAY_NAME_REQUEST, _SETS_TRANSACTION
         for _, oid, version, topic, stored in batch:
             kind = event_name(topic)
             if kind == "PaymentCreated":
