@@ -11,6 +11,7 @@ from klarna_flow._audit.verify import Finding, VerificationReport
 from klarna_flow._domain.lifecycle import Flow, PaymentState, diagram
 from klarna_flow._domain.payment import Payment
 from klarna_flow._domain.sealed import SealedSecret
+from klarna_flow._domain.transaction import TransactionView
 from klarna_flow._errors import (
     AuthorizationInProgress,
     AuthorizationWindowElapsed,
@@ -128,6 +129,7 @@ __all__ = [
     "SupplementaryPurchaseData",
     "SystemClock",
     "TokenCipher",
+    "TransactionView",
     "VerificationReport",
     "WrongFlow",
     "__version__",

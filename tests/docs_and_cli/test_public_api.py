@@ -74,6 +74,7 @@ EXPORTED = [
     "SupplementaryPurchaseData",
     "SystemClock",
     "TokenCipher",
+    "TransactionView",
     "VerificationReport",
     "WrongFlow",
     "__version__",
