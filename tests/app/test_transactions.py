@@ -295,7 +295,7 @@ def test_refresh_needs_a_transaction(kit: Kit) -> None:
 
 def test_transactions_about_to_expire_uncaptured_are_listed(kit: Kit) -> None:
     soon, _ = authorized(kit)
-    captured, transaction_id = authorized(kit)
+    _captured, transaction_id = authorized(kit)
     deliver(kit, kit.fake.capture_transaction(transaction_id, amount=AMOUNT))
     view = kit.payments.get(soon).transaction_view
     assert view is not None
