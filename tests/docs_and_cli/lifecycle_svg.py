@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SVG_PATH = ROOT / "docs" / "lifecycle.svg"
 
 MARGIN = 16
-COLUMN = 148  # width of one state's column
+COLUMN = 114  # width of one state's column
 BOX_HEIGHT = 34
 TOP = MARGIN + 30  # the start marker's row sits above the boxes' lifelines
 ROW = 48  # height of one transition's row
 TRIGGER_CHAR = 7.6  # estimated advance of one character of the trigger (bold, 13 px)
-GUARD_CHAR = 6.0  # of one character of the guards (monospace, 10 px: 0.6 em)
+GUARD_CHAR = 6.6  # of one character of the guards (monospace, 11 px: 0.6 em)
 INK = "#1f2937"
 FAINT = "#9ca3af"
 FINAL_FILL = "#eef2ff"
@@ -194,7 +194,7 @@ def _boxes(layout: Layout) -> list[str]:
                 x=layout.x(s),
                 y=layout.boxes_y + BOX_HEIGHT / 2 + 5,
                 text_anchor="middle",
-                style=f"{FONT};font-size:13px;font-weight:bold",
+                style=f"{FONT};font-size:12px;font-weight:bold",
                 fill=INK,
             )
         )
@@ -253,9 +253,9 @@ def _transition(layout: Layout, index: int, row: Row) -> list[str]:
         x = layout.centre(mid, width)
         backdrop: dict[str, float | str] = {
             "x": x - width / 2 - 2,
-            "y": y + 6,
+            "y": y + 5,
             "width": width + 4,
-            "height": 12,
+            "height": 14,
         }
         parts.append(_tag("rect", **backdrop, fill="#ffffff", opacity=0.85))
         parts.append(
@@ -265,7 +265,7 @@ def _transition(layout: Layout, index: int, row: Row) -> list[str]:
                 x=x,
                 y=y + 15,
                 text_anchor="middle",
-                style=f"{MONO};font-size:10px",
+                style=f"{MONO};font-size:11px",
                 **halo,
             )
         )
