@@ -403,6 +403,33 @@ def test_the_root_path_is_where_it_is_mounted(fake: FakeKlarna, payments: Paymen
     assert answers == [200, 404, 405]
 
 
+def test_header_bytes_are_read_as_latin_1() -> None:
+    """ASGI hands header bytes as sent; HTTP's historical charset is latin-1."""
+    fake = FakeKlarna(signing_keys={"clé-1": b"a signing secret"})
+    with Payments(
+        partner_account_id=fake.partner_account_id, signing_keys=fake.signing_keys
+    ) as payments:
+        request_id, payment_id = open_payment(fake, payments)
+        done = fake.complete_payment_request(request_id).notification
+        scope = http_scope(done)
+        assert (b"klarna-signing-key-id", b"cl\xe9-1") in scope["headers"]
+        peer = Peer([{"type": "http.request", "body": done.body, "more_body": False}])
+
+        run_app(notification_app(payments), scope, peer)
+
+        assert peer.sent[0]["status"] == 200
+        assert payments.get(payment_id).state is S.COMPLETED
+
+
+def test_a_websocket_is_turned_away(payments: Payments) -> None:
+    peer = Peer([{"type": "websocket.connect"}])
+    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "path": "/", "headers": []}
+
+    run_app(notification_app(payments), scope, peer)
+
+    assert peer.sent == [{"type": "websocket.close", "code": 1008}]
+
+
 def test_lifespan_is_acknowledged(payments: Payments) -> None:
     peer = Peer([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
 
