@@ -12,14 +12,17 @@
     klarna-flow reconcile                 resolve payments left AUTHORIZING
     klarna-flow diagram                   the lifecycle as Mermaid or dot
     klarna-flow fake-server               serve a FakeKlarna on loopback
+    klarna-flow payments                  list payments (filters, paging)
+    klarna-flow show PAYMENT_ID           one payment and its next step
+    klarna-flow worker                    expire, reconcile and report, in rounds, until stopped
 
 Every command takes ``--db`` (an SQLite path or a ``postgresql://`` URL;
 default ``klarna_flow_demo.sqlite``, or ``$KLARNA_FLOW_DB``). Only ``demo``
 creates a store; the others refuse a missing file or one that holds no
 klarna_flow store, and create no table in it. The read-only commands (audit,
-history, export, verify) open the store read-only through
+history, export, verify, payments, show) open the store read-only through
 :meth:`AuditLog.open` and write nothing; replay writes only the read-model
-tables. None of these needs a cipher key. expire and reconcile need the key:
+tables. None of these needs a cipher key. expire, reconcile and worker need the key:
 ``--key-file``, ``$KLARNA_FLOW_CIPHER_KEY``, or the demo's ``<db>.key``.
 
 Exit codes: 0 success; 1 a finding or failure (verify found tampering, no
@@ -32,12 +35,8 @@ command ends quietly with status 141, as Unix tools ended by SIGPIPE do.
 from __future__ import annotations
 
 import enum
-import json
 import os
-import sqlite3
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,21 +45,30 @@ from uuid import UUID
 import typer
 from typer.core import TyperGroup
 
-from klarna_flow._app.payments import Payments
-from klarna_flow._audit.log import AuditLog
 from klarna_flow._domain.lifecycle import diagram as lifecycle_diagram
-from klarna_flow._errors import ConfigurationError, InvalidInput, KlarnaFlowError, StorageError
-from klarna_flow._store.cipher import CIPHER_KEY_ENV, TokenCipher
-from klarna_flow.cli import render
-from klarna_flow.cli.demo import is_postgres, key_file_for, run_demo
-from klarna_flow.klarna import TEST_BASE_URL, KlarnaClient
+from klarna_flow._errors import ConfigurationError, InvalidInput, KlarnaFlowError
+from klarna_flow.cli import operations, render
+from klarna_flow.cli.demo import run_demo
+from klarna_flow.cli.options import (
+    DEFAULT_BASE_URL,
+    DEFAULT_DB,
+    EXIT_FINDING,
+    EXIT_USAGE,
+    ApiKey,
+    BaseUrl,
+    Db,
+    Json,
+    KeyFile,
+    PaymentArg,
+    payments_at,
+)
+from klarna_flow.cli.options import audit_log as _audit_log
+from klarna_flow.cli.options import print_json as _print_json
+from klarna_flow.klarna import KlarnaClient
 from klarna_flow.testing import FakeKlarna, FakeKlarnaServer, run_fake_server
 
 __all__ = ["app", "main"]
 
-DEFAULT_DB = "klarna_flow_demo.sqlite"
-EXIT_FINDING = 1
-EXIT_USAGE = 2
 EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a command ended by SIGPIPE
 
 
@@ -111,69 +119,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-Db = Annotated[
-    str,
-    typer.Option(
-        "--db",
-        envvar="KLARNA_FLOW_DB",
-        help="SQLite file or postgresql://user:password@host:port/dbname URL (or $KLARNA_FLOW_DB).",
-        show_envvar=False,
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-PaymentArg = Annotated[UUID, typer.Argument(help="The payment's id (a UUID).", show_default=False)]
-KeyFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--key-file",
-        help=f"File holding the cipher key (default: ${CIPHER_KEY_ENV}, else <db>.key).",
-        show_default=False,
-    ),
-]
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-@contextmanager
-def _audit_log(db: str, *, read_only: bool = True) -> Iterator[AuditLog]:
-    """The store at ``db``, opened with no key; it must exist and hold klarna_flow's tables."""
-    log = AuditLog.open(db, read_only=read_only)
-    try:
-        yield log
-    finally:
-        log.close()
-
-
-@contextmanager
-def _payments(db: str, key_file: Path | None, **kwargs: Any) -> Iterator[Payments]:
-    """``Payments`` for commands that record events: these need the cipher key."""
-    if not is_postgres(db):  # an existing klarna_flow store, and nothing else
-        AuditLog.open(db).close()  # reads the file's list of tables; connects to nothing
-    try:
-        payments = Payments.open(db, cipher=_cipher(db, key_file), **kwargs)
-    except sqlite3.Error as e:  # e.g. "file is not a database", from Payments' constructor
-        raise StorageError(f"cannot open the event store at {db}: {e}") from e
-    try:
-        yield payments
-    finally:
-        payments.close()
-
-
-def _cipher(db: str, key_file: Path | None) -> TokenCipher | None:
-    if key_file is None and not os.environ.get(CIPHER_KEY_ENV):
-        beside = key_file_for(db)
-        key_file = beside if not is_postgres(db) and beside.exists() else None
-    if key_file is None:
-        return None  # Payments reads $KLARNA_FLOW_CIPHER_KEY or says what is missing
-    try:
-        return TokenCipher(key_file.read_text(encoding="ascii").strip())
-    except (ConfigurationError, UnicodeDecodeError):
-        msg = f"{key_file} does not hold a cipher key (base64 of 32 random bytes)"
-        raise ConfigurationError(msg) from None
-
 
 # -- commands -------------------------------------------------------------------
 
@@ -326,7 +271,7 @@ def replay(db: Db = DEFAULT_DB, as_json: Json = False) -> None:
 @app.command()
 def expire(db: Db = DEFAULT_DB, key_file: KeyFile = None, as_json: Json = False) -> None:
     """Expire every payment whose request lifetime or authorization window ran out."""
-    with _payments(db, key_file) as payments:
+    with payments_at(db, key_file) as payments:
         expired = payments.expire_overdue()
     if as_json:
         _print_json([str(i) for i in expired])
@@ -342,15 +287,8 @@ def reconcile(
     older_than_minutes: Annotated[
         float, typer.Option("--older-than-minutes", min=0, help="Only intents older than this.")
     ] = 5.0,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key", envvar="KLARNA_API_KEY", help="Klarna API key.", show_default=False
-        ),
-    ] = None,
-    base_url: Annotated[
-        str, typer.Option("--base-url", envvar="KLARNA_BASE_URL", help="Klarna API base URL.")
-    ] = TEST_BASE_URL,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
     db: Db = DEFAULT_DB,
     key_file: KeyFile = None,
     as_json: Json = False,
@@ -361,7 +299,7 @@ def reconcile(
     """
     with (
         KlarnaClient(api_key, base_url=base_url) as client,
-        _payments(db, key_file, klarna=client) as payments,
+        payments_at(db, key_file, klarna=client) as payments,
     ):
         outcomes = payments.reconcile(older_than=timedelta(minutes=older_than_minutes))
     if as_json:
@@ -417,6 +355,11 @@ def fake_server(
         sys.stdout.flush()
 
     run_fake_server(fake, host, port, ready=ready)
+
+
+app.command("payments")(operations.list_payments)
+app.command()(operations.show)
+app.command()(operations.worker)
 
 
 def main(argv: list[str] | None = None) -> None:
