@@ -183,7 +183,7 @@ class StepUpConfig:
 
     return_url: str = attrs.field(kw_only=True)
     app_return_url: str | None = attrs.field(default=None, kw_only=True)
-    method: StepUpMethod = attrs.field(default=StepUpMethod.HANDOVER, kw_only=True)
+    method: StepUpMethod | str = attrs.field(default=StepUpMethod.HANDOVER, kw_only=True)
     interaction_expiry: timedelta | datetime | None = attrs.field(default=None, kw_only=True)
     payment_request_reference: str | None = attrs.field(default=None, kw_only=True)
 
@@ -221,7 +221,10 @@ class StepUpConfig:
 
     def to_wire(self) -> dict[str, Any]:
         """The ``step_up_config`` object as Klarna reads it."""
-        interaction: dict[str, Any] = {"method": self.method.value, "return_url": self.return_url}
+        interaction: dict[str, Any] = {
+            "method": StepUpMethod(self.method).value,
+            "return_url": self.return_url,
+        }
         if self.app_return_url is not None:
             interaction["app_return_url"] = self.app_return_url
         expiry = self.interaction_expiry

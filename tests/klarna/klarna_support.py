@@ -71,6 +71,20 @@ class Caller:
         loop = self._loop
         return lambda **kwargs: loop.run_until_complete(aclient.authorize(**kwargs))
 
+    def method(self, name: str, api_key: str = API_KEY, retry: RetryPolicy = FAST) -> Any:
+        """A new client's method ``name`` (``cancel_payment_request``...), called in sync."""
+        where: dict[str, Any] = {"base_url": self.base_url} if self.base_url else {}
+        if not self.base_url:
+            where["transport"] = httpx.MockTransport(self.fake)
+        if self._loop is None:
+            client = KlarnaClient(api_key, retry=retry, **where)
+            self._sync.append(client)
+            return getattr(client, name)
+        aclient = AsyncKlarnaClient(api_key, retry=retry, **where)
+        self._async.append(aclient)
+        loop, bound = self._loop, getattr(aclient, name)
+        return lambda **kwargs: loop.run_until_complete(bound(**kwargs))
+
     def args(self, token: str, **overrides: Any) -> dict[str, Any]:
         """Arguments of an authorize call for ``token`` (USD 11800), fresh key."""
         return call_args(self.fake, token, **overrides)
