@@ -85,8 +85,9 @@ class AuditEntry:
         event: the event's name, e.g. ``AuthorizationApproved``.
         state_before: the payment's state before it (None for the first event).
         state_after: the state it left the payment in; None when unchanged.
-        cause_kind: ``command`` or ``notification``.
-        cause: the command's name, or the notification's ``event_id``.
+        cause_kind: ``command``, ``notification`` or ``operator``.
+        cause: the command's name, the notification's ``event_id``, or
+            the operator who resolved the payment.
         correlation_id: Klarna's correlation id, for events answering a call.
         details: the event's other fields, JSON-safe, secrets masked.
     """

@@ -342,7 +342,7 @@ def test_an_operator_resolves_an_unresolved_payment_with_evidence(kit: Kit) -> N
     assert payment.state is PaymentState.AUTHORIZED
     [*_, last] = kit.payments.audit_trail(payment_id)
     assert last.event == "ResolvedWithTransaction"
-    assert last.cause == "operator:ops.alice"
+    assert (last.cause_kind, last.cause) == ("operator", "ops.alice")
     assert "OPS-42" in json.dumps(last.details, default=str)
 
 
