@@ -46,6 +46,15 @@ _BROKEN_ANSWER = (
 _BAD_URL = (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)
 
 
+def _headers(request: httpx.Request) -> list[tuple[str, str]]:
+    """The request's headers, less ``Transfer-Encoding``: the body goes out read whole."""
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in request.headers.raw
+        if name.lower() != b"transfer-encoding"
+    ]
+
+
 @functools.lru_cache(maxsize=256)
 def _yarl_url(url: str) -> URL:
     """httpx's URL, already percent-encoded, as aiohttp's (a client calls few URLs)."""
@@ -83,9 +92,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     The session (a keep-alive :class:`aiohttp.TCPConnector` holding at most
     ``limits.max_connections``) is opened on the first request, inside the
     running event loop, and closed by :meth:`aclose`. Bodies are read whole
-    (Klarna answers with small JSON objects). httpx's connect, read and pool
-    timeouts apply; aiohttp has no write timeout, so none is applied.
-    Redirects, cookies and decompression are left to the httpx client.
+    (Klarna answers with small JSON objects): the response comes back read,
+    decoded by httpx as its ``Content-Encoding`` says. httpx's connect, read
+    and pool timeouts apply; aiohttp has no write timeout, so none is.
+    Redirects are not followed and cookies are not kept.
 
     Args:
         limits: the pool size and keep-alive expiry (``max_keepalive_connections``
@@ -111,9 +121,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             async with session.request(
                 request.method,
                 _yarl_url(str(request.url)),
-                headers=[
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
-                ],
+                headers=_headers(request),
                 data=body or None,
                 allow_redirects=False,
                 auto_decompress=False,
@@ -125,7 +133,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             answer.status,
             headers=answer.raw_headers,
-            stream=httpx.ByteStream(content),
+            content=content,
             request=request,
             extensions={
                 "http_version": b"HTTP/1.1",
