@@ -40,10 +40,10 @@ class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport])
 
     ``transport`` is an :class:`httpx.AsyncBaseTransport` and ``http_client``
     an :class:`httpx.AsyncClient`; close with ``await client.aclose()`` or
-    ``async with``. Given neither, the client's :class:`httpx.AsyncClient`
-    sends through aiohttp (an :class:`AiohttpTransport`), several times
-    faster than httpcore's pool with many calls in flight; with a proxy set
-    in the environment it keeps httpx's own transport, which honours it.
+    ``async with``. Given neither, requests go through aiohttp behind
+    httpx's API (same requests, answers and errors), several times faster
+    than httpcore's pool with many calls in flight; with a proxy set in the
+    environment the client keeps httpx's own transport, which honours it.
     """
 
     _http_class = httpx.AsyncClient
