@@ -4,10 +4,12 @@ The customer's side (creating and completing the payment request in Klarna)
 is played by :class:`~klarna_flow.testing.FakeKlarna`; your side is
 :class:`~klarna_flow.Payments`:
 
-1. create the payment (remembering which flow you asked Klarna for);
-2. apply Klarna's signed ``completed`` notification (the session token arrives);
-3. authorize within 60 minutes;
-4. read the audit trail.
+1. create the payment (remembering which flow you ask Klarna for);
+2. initiate: the initial authorize call; Klarna answers with a payment request
+   the customer goes through (step-up);
+3. apply Klarna's signed ``completed`` notification (the session token arrives);
+4. authorize within 60 minutes (the final call);
+5. read the audit trail.
 
 Run ``python -m examples.quickstart`` (in memory), or
 ``python -m examples.quickstart --db payments.sqlite`` to keep the events in
@@ -23,7 +25,7 @@ from uuid import UUID, uuid4
 
 import httpx
 
-from klarna_flow import Flow, Payments, TokenCipher
+from klarna_flow import Flow, Payments, StepUpConfig, TokenCipher
 from klarna_flow.klarna import KlarnaClient
 from klarna_flow.testing import FakeKlarna
 
@@ -49,16 +51,17 @@ def open_payments(fake: FakeKlarna, client: KlarnaClient, db: str | None) -> Pay
 
 
 def first_payment(payments: Payments, fake: FakeKlarna, reference: str) -> UUID:
-    """Create, complete (by notification) and authorize one payment."""
-    # The partner creates a payment request at Klarna and records the payment.
-    request_id = fake.create_payment_request(amount=11800, currency="USD")
+    """Create, initiate, complete (by notification) and authorize one payment."""
     payment_id = payments.create(
-        flow=Flow.AUTHORIZATION,
-        amount=11800,
-        currency="USD",
-        reference=reference,
-        payment_request_id=request_id,
+        flow=Flow.AUTHORIZATION, amount=11800, currency="USD", reference=reference
     )
+    # The initial call: Klarna answers with a payment request for the customer.
+    stepped = payments.initiate(
+        payment_id, step_up=StepUpConfig(return_url="https://shop.example/return")
+    )
+    request_id = stepped.payment_request_id
+    assert request_id is not None
+    print(f"initiate: {stepped.result}; send the customer to {stepped.payment_request_url}")
     # The customer completes the purchase; Klarna sends a signed notification.
     completed = fake.complete_payment_request(request_id)
     answer = payments.handle_notification(

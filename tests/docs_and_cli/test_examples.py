@@ -73,10 +73,13 @@ def test_quickstart_authorizes_a_first_payment(
     events = re.findall(r"^  v(\d) \S+ (\w+)", out, re.MULTILINE)
     assert events == [
         ("1", "PaymentCreated"),
-        ("2", "PurchaseCompleted"),
-        ("3", "AuthorizationRequested"),
-        ("4", "AuthorizationApproved"),
+        ("2", "AuthorizationRequested"),
+        ("3", "StepUpRequired"),
+        ("4", "PurchaseCompleted"),
+        ("5", "AuthorizationRequested"),
+        ("6", "AuthorizationApproved"),
     ]
+    assert "initiate: STEP_UP_REQUIRED" in out
     assert "notification:" in out.split("PurchaseCompleted")[1].splitlines()[0]
 
 
@@ -97,13 +100,15 @@ def test_audit_reads_the_trail_and_verifies_the_chain(
     out = capsys.readouterr().out
     assert re.findall(r"^v(\d) \S+ (\w+): (\S+) -> (\S+)", out, re.MULTILINE) == [
         ("1", "PaymentCreated", "-", "CREATED"),
-        ("2", "PurchaseCompleted", "CREATED", "COMPLETED"),
-        ("3", "AuthorizationRequested", "COMPLETED", "AUTHORIZING"),
-        ("4", "AuthorizationApproved", "AUTHORIZING", "AUTHORIZED"),
+        ("2", "AuthorizationRequested", "CREATED", "AUTHORIZING"),
+        ("3", "StepUpRequired", "AUTHORIZING", "CREATED"),
+        ("4", "PurchaseCompleted", "CREATED", "COMPLETED"),
+        ("5", "AuthorizationRequested", "COMPLETED", "AUTHORIZING"),
+        ("6", "AuthorizationApproved", "AUTHORIZING", "AUTHORIZED"),
     ]
-    assert "after v2: COMPLETED (attempts 0)" in out
-    assert "after v4: AUTHORIZED (attempts 1)" in out
-    assert "chain ok: 4 events verified" in out
+    assert "after v4: COMPLETED (attempts 1)" in out
+    assert "after v6: AUTHORIZED (attempts 2)" in out
+    assert "chain ok: 6 events verified" in out
     assert re.search(r'"session_token": "\*\*\*\* \(key k-[0-9a-f]+\)"', out)
     assert "klarna-network-session-token" not in out
 
@@ -114,7 +119,7 @@ def test_audit_needs_no_key_as_a_script(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     audit = _run("audit_from_database.py", str(db), str(_payment_id(made.stdout)), env=_env())
     assert audit.returncode == 0, audit.stderr
-    assert "chain ok: 4 events verified" in audit.stdout
+    assert "chain ok: 6 events verified" in audit.stdout
 
 
 def test_audit_names_the_version_that_was_tampered_with(
