@@ -165,7 +165,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             keepalive_timeout=_LONGEST_KEEPALIVE if expiry is None else expiry,
             ssl=self._ssl_context(),
         )
-        # httpx keeps the cookies; aiohttp must not add its own.
+        # No cookie jar: under an httpx client, httpx keeps the cookies (not aiohttp too).
         return aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
         )
