@@ -59,11 +59,28 @@ class BarePayment(Aggregate):
     class AuthorizationRequested(Event):
         idempotency_key: str
         attempt: int
+        call: str = "FINAL"
+        payload: dict[str, object] | None = None
 
         def apply(self, payment: BarePayment) -> None:
             payment.state = "AUTHORIZING"
             payment.idempotency_key = self.idempotency_key
             payment.authorization_attempts = self.attempt
+            if self.payload is not None:
+                payment.payload = self.payload
+
+    class StepUpRequired(Event):
+        correlation_id: str | None
+        payment_request_id: str | None
+        payment_request_url: str | None
+        request_expires_at: datetime
+        method: str | None
+
+        def apply(self, payment: BarePayment) -> None:
+            payment.state = "CREATED"
+            payment.payment_request_id = self.payment_request_id
+            payment.payment_request_url = self.payment_request_url
+            payment.request_expires_at = self.request_expires_at
 
     class Approved(Event):
         payment_transaction_id: str
@@ -109,6 +126,8 @@ class BarePayment(Aggregate):
         self.payment_transaction_id: str | None = None
         self.correlation_id: str | None = None
         self.expiry_reason: str | None = None
+        self.payload: dict[str, object] | None = None
+        self.payment_request_url: str | None = None
 
     @classmethod
     def create(cls, reference: str, now: datetime) -> BarePayment:

@@ -12,7 +12,9 @@ boundary.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -107,6 +109,7 @@ class PaymentStore(Application[UUID]):
         except (EventSourcingError, OSError, ImportError, ValueError, sqlite3.Error) as e:
             raise StorageError(f"cannot open the event store: {e}") from e
         self.cipher = self._construct_cipher(cipher, allow_plaintext)
+        self._requests = _RequestIds()
         with storage_errors():
             self.index = PaymentIndex(self.recorder, self._construct_read_model_store())
 
@@ -237,13 +240,17 @@ class PaymentStore(Application[UUID]):
         """Save pending events; a concurrent writer makes this a typed error."""
         with storage_errors():
             try:
-                self.save(payment)
+                recordings = self.save(payment)
             except RecordConflictError as e:
                 raise ConcurrentModification(
                     f"payment {payment.id} was changed by another writer",
                     payment_id=payment.id,
                     state=payment.state.value,
                 ) from e
+        for recording in recordings:  # committed: the request ids they name are final
+            request_id = getattr(recording.domain_event, "payment_request_id", None)
+            if request_id is not None:
+                self._requests.remember(request_id, payment.id)
 
     def seal(self, payment_id: UUID, field: str, token: str) -> SealedSecret:
         return self.cipher.seal(token, aad=payment_id.bytes + field.encode())
@@ -318,16 +325,49 @@ class PaymentStore(Application[UUID]):
             return self.index.rebuild(progress=progress)
 
     def find_by_payment_request(self, payment_request_id: str) -> UUID | None:
-        """The payment that holds Klarna's ``payment_request_id``, if any."""
+        """The payment that holds Klarna's ``payment_request_id``, if any.
+
+        A request id, once recorded, names its payment for good, so an answer
+        this process saw recorded, or one the index already holds, needs no
+        catching up; only a miss catches the index up and looks again.
+        """
+        known = self._requests.get(payment_request_id)
+        if known is not None:
+            return known
         with storage_errors():
-            self.index.catch_up()
-            return self.index.store.by_payment_request(payment_request_id)
+            found = self.index.store.by_payment_request(payment_request_id)
+            if found is None:
+                self.index.catch_up()
+                found = self.index.store.by_payment_request(payment_request_id)
+        if found is not None:
+            self._requests.remember(payment_request_id, found)
+        return found
 
     def due(self, now: datetime) -> list[UUID]:
         """Open payments whose deadline is at or before ``now``."""
         with storage_errors():
             self.index.catch_up()
             return self.index.store.due(now.timestamp())
+
+
+class _RequestIds:
+    """Payment request id -> payment id, as this process saw them recorded (bounded)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._ids: OrderedDict[str, UUID] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def get(self, payment_request_id: str) -> UUID | None:
+        with self._lock:
+            return self._ids.get(payment_request_id)
+
+    def remember(self, payment_request_id: str, payment_id: UUID) -> None:
+        with self._lock:
+            self._ids[payment_request_id] = payment_id
+            self._ids.move_to_end(payment_request_id)
+            if len(self._ids) > self._limit:
+                self._ids.popitem(last=False)
 
 
 def _project(events: list[Any]) -> Payment:
