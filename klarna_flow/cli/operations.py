@@ -10,6 +10,7 @@ them on the ``klarna-flow`` app.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -190,6 +191,14 @@ def worker(
             help="Longest wait (seconds) between reconnections while the store is away.",
         ),
     ] = 60.0,
+    start_timeout: Annotated[
+        float,
+        typer.Option(
+            "--start-timeout",
+            min=0.0,
+            help="Seconds to keep trying a store that is locked or restarting at start.",
+        ),
+    ] = 30.0,
     once: Annotated[bool, typer.Option("--once", help="Run one round, then exit.")] = False,
     log_level: Annotated[
         str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
@@ -214,24 +223,34 @@ def worker(
         backoff_initial=min(1.0, max_backoff),
         backoff_max=max_backoff,
         once=once,
+        start_timeout=start_timeout,
     )
     cipher = cipher_for(db, key_file)  # read once: a bad key file stops the start
     with KlarnaClient(api_key, base_url=base_url) as client:
+        env = _postgres_env() if is_postgres_url(db) else {}
 
         def opener() -> Payments:
-            require_store(db)  # a foreign or missing store is refused, never created
-            env = {"POSTGRES_PRE_PING": "y"} if is_postgres_url(db) else {}
+            require_store(db, env)  # a foreign or missing store is refused, never created
             return Payments.open(db, cipher=cipher, klarna=client, env=env)
 
         loop = Worker(opener, settings)
         restore = _stop_on_signals(loop.stop)
         try:
             logging.getLogger("klarna_flow.worker").info(
-                "worker started on %s (interval %ss)", shown(db), interval
+                "worker starting on %s (interval %ss)", shown(db), interval
             )
             loop.run()
         finally:
             restore()
+
+
+def _postgres_env() -> dict[str, str]:
+    """A pool that checks a connection before use, and gives up connecting after 5 s
+    (unless ``$POSTGRES_CONNECT_TIMEOUT`` says otherwise): the worker then backs off."""
+    env = {"POSTGRES_PRE_PING": "y"}
+    if not os.environ.get("POSTGRES_CONNECT_TIMEOUT"):
+        env["POSTGRES_CONNECT_TIMEOUT"] = "5"
+    return env
 
 
 def _logging(level: str) -> None:

@@ -101,9 +101,9 @@ def audit_log(db: str, *, read_only: bool = True) -> Iterator[AuditLog]:
         log.close()
 
 
-def require_store(db: str) -> None:
+def require_store(db: str, env: dict[str, str] | None = None) -> None:
     """Refuse a ``db`` that holds no klarna_flow store; connects to it, creates nothing."""
-    AuditLog.open(db).close()
+    AuditLog.open(db, env=env).close()
 
 
 def open_payments(db: str, key_file: Path | None, **kwargs: Any) -> Payments:

@@ -69,6 +69,9 @@ class Settings:
         backoff_initial: seconds before the first reconnection attempt.
         backoff_max: the longest wait between reconnection attempts.
         once: run one round and return.
+        start_timeout: how long a store that fails transiently at start
+            (locked by another worker's start, restarting) is tried again
+            before the worker gives up.
     """
 
     interval: float = 30.0
@@ -76,6 +79,7 @@ class Settings:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     once: bool = False
+    start_timeout: float = 30.0
 
 
 class Backoff:
@@ -162,10 +166,11 @@ class Worker:
         """Run rounds until stopped (or one, with ``once``).
 
         Raises:
-            KlarnaFlowError: the store could not be opened at start (any
-                failure then), or a failure that does not heal later.
+            KlarnaFlowError: the store could not be opened at start (a
+                transient failure that lasted ``start_timeout``, or any other),
+                or a failure that does not heal.
         """
-        payments: Payments | None = self.opener()  # a store that is not there now: not started
+        payments = self._start()
         try:
             while not self.stop.is_set():
                 if payments is None:
@@ -189,6 +194,19 @@ class Worker:
             if payments is not None:
                 _close(payments)
         log.info("stopped after %d round(s)", self.rounds)
+
+    def _start(self) -> Payments | None:
+        """The store, opened; transient failures are tried again until ``start_timeout``."""
+        deadline = self.monotonic() + self.settings.start_timeout
+        while True:
+            try:
+                return self.opener()
+            except Exception as e:
+                if not is_transient(e) or self.monotonic() >= deadline:
+                    raise
+                self._failed("opening the store", e)
+                if self.stop.is_set():
+                    return None
 
     def _reconnect(self) -> Payments | None:
         try:
