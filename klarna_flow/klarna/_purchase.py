@@ -283,6 +283,15 @@ def parse_iso_duration(value: object) -> timedelta:
     return timedelta(hours=hours, minutes=minutes, seconds=seconds)
 
 
+def _scopes(value: Iterable[CustomerTokenScope | str]) -> tuple[CustomerTokenScope, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidInput("scopes", "must be a sequence of customer token scopes")
+    scopes = tuple(dict.fromkeys(_enum(s, CustomerTokenScope, "scopes") for s in value))
+    if not scopes:
+        raise InvalidInput("scopes", "must name at least one scope")
+    return scopes
+
+
 @attrs.frozen
 class CustomerTokenRequest:
     """``request_customer_token``: ask Klarna for a customer token.
@@ -293,7 +302,7 @@ class CustomerTokenRequest:
     """
 
     scopes: tuple[CustomerTokenScope, ...] = attrs.field(
-        default=(CustomerTokenScope.CUSTOMER_NOT_PRESENT,), kw_only=True
+        default=(CustomerTokenScope.CUSTOMER_NOT_PRESENT,), kw_only=True, converter=_scopes
     )
     customer_token_reference: str | None = attrs.field(default=None, kw_only=True)
 
@@ -463,6 +472,14 @@ class LineItem:
         return cls(**named, extra=fields)
 
 
+def _line_items(value: Iterable[LineItem]) -> tuple[LineItem, ...]:
+    return _items(value, LineItem, "purchase.line_items")
+
+
+def _shipments(value: Iterable[Shipment]) -> tuple[Shipment, ...]:
+    return _items(value, Shipment, "purchase.shipping")
+
+
 @attrs.frozen
 class SupplementaryPurchaseData:
     """``supplementary_purchase_data``: what is bought, by whom, shipped where.
@@ -479,16 +496,13 @@ class SupplementaryPurchaseData:
     """
 
     purchase_reference: str | None = attrs.field(default=None, kw_only=True)
-    line_items: tuple[LineItem, ...] = attrs.field(default=(), kw_only=True)
+    line_items: tuple[LineItem, ...] = attrs.field(default=(), kw_only=True, converter=_line_items)
     customer: Customer | None = attrs.field(default=None, kw_only=True)
-    shipping: tuple[Shipment, ...] = attrs.field(default=(), kw_only=True)
+    shipping: tuple[Shipment, ...] = attrs.field(default=(), kw_only=True, converter=_shipments)
     extra: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         _optional_text(self.purchase_reference, "purchase.purchase_reference")
-        items = _items(self.line_items, LineItem, "purchase.line_items")
-        object.__setattr__(self, "line_items", items)
-        object.__setattr__(self, "shipping", _items(self.shipping, Shipment, "purchase.shipping"))
         _of(self.customer, Customer, "purchase.customer")
         known = ("purchase_reference", "line_items", "customer", "shipping")
         object.__setattr__(self, "extra", _extra(self.extra, "purchase.extra", known))

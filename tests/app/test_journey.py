@@ -24,6 +24,7 @@ from klarna_flow import (
     CancelRefused,
     Customer,
     Flow,
+    InvalidInput,
     InvalidTransition,
     LineItem,
     OutcomeResult,
@@ -339,3 +340,49 @@ async def _journey_async(make_payments: MakePayments, clock: ManualClock) -> Non
         assert (await payments.cancel_async(canceled_id)).state is PaymentState.CANCELED
         assert stepped.payment_request_id is not None
         assert fake.state_of(stepped.payment_request_id) == "CANCELED"
+
+
+@pytest.mark.parametrize(
+    ("flow", "kwargs", "field"),
+    [
+        (Flow.AUTHORIZATION, {}, "step_up"),
+        (Flow.AUTHORIZATION, {"step_up": {"return_url": RETURN_URL}}, "step_up"),
+        (Flow.AUTHORIZATION, {"step_up": step_up(), "purchase": {"line_items": []}}, "purchase"),
+        (Flow.AUTHORIZATION, {"step_up": step_up(), "capture": "SOON"}, "capture"),
+        (Flow.AUTHORIZATION, {"session_token": "has space"}, "session_token"),
+        (Flow.AUTHORIZATION, {"session_token": ""}, "session_token"),
+        (Flow.AUTHORIZATION, {"step_up": step_up(), "payment_option_id": ""}, "payment_option_id"),
+        (
+            Flow.AUTHORIZATION,
+            {"step_up": step_up(), "customer_token_scopes": ["payment:customer_present"]},
+            "customer_token_scopes",
+        ),
+        (Flow.TOKENIZATION, {"step_up": step_up(), "capture": "NOW"}, "capture"),
+        (Flow.TOKENIZATION, {"step_up": step_up(), "customer_token_scopes": []}, "scopes"),
+        (Flow.TOKENIZATION, {"step_up": step_up(), "customer_token_scopes": ["x"]}, "scopes"),
+    ],
+    ids=repr,
+)
+def test_bad_input_to_initiate_records_and_sends_nothing(
+    kit: Kit, flow: Flow, kwargs: dict[str, Any], field: str
+) -> None:
+    payment_id = new_payment(kit, flow)
+
+    with pytest.raises(InvalidInput) as refused:
+        kit.payments.initiate(payment_id, **kwargs)
+
+    assert refused.value.field == field
+    assert kit.names(payment_id) == ["PaymentCreated"]
+    assert kit.fake.requests == []
+
+
+def test_an_absolute_interaction_expiry_too_close_is_refused(kit: Kit) -> None:
+    payment_id = new_payment(kit)
+    too_soon = StepUpConfig(
+        return_url=RETURN_URL, interaction_expiry=kit.clock.now() + timedelta(minutes=5)
+    )
+
+    with pytest.raises(InvalidInput, match="15 minutes"):
+        kit.payments.initiate(payment_id, step_up=too_soon)
+
+    assert kit.fake.requests == []
