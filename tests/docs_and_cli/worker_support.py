@@ -51,6 +51,7 @@ class Work:
     fake: FakeKlarna
     server: FakeKlarnaServer
     extra_env: dict[str, str]
+    clock: ManualClock
     due: list[UUID] = attrs.field(factory=list)  # each should be expired once
     stuck: list[UUID] = attrs.field(factory=list)  # each should be authorized once
     references: dict[UUID, str] = attrs.field(factory=dict)
@@ -72,14 +73,20 @@ class Work:
 
 
 def seed(
-    payments: Payments, fake: FakeKlarna, clock: ManualClock, *, due: int, stuck: int
+    payments: Payments,
+    fake: FakeKlarna,
+    clock: ManualClock,
+    *,
+    due: int,
+    stuck: int,
+    prefix: str = "",
 ) -> tuple[list[UUID], list[UUID], dict[UUID, str]]:
     """Record ``due`` payments past their deadlines and ``stuck`` ones left AUTHORIZING."""
     due_ids: list[UUID] = []
     stuck_ids: list[UUID] = []
     references: dict[UUID, str] = {}
     for i in range(due):
-        reference = f"due-{i}"
+        reference = f"{prefix}due-{i}"
         payment_id = payments.create(
             flow=Flow.AUTHORIZATION, amount=1000 + i, currency="EUR", reference=reference
         )
@@ -89,7 +96,7 @@ def seed(
         due_ids.append(payment_id)
         references[payment_id] = reference
     for i in range(stuck):
-        reference = f"stuck-{i}"
+        reference = f"{prefix}stuck-{i}"
         payment_id = payments.create(
             flow=Flow.AUTHORIZATION, amount=2000 + i, currency="EUR", reference=reference
         )
@@ -103,6 +110,23 @@ def seed(
     return due_ids, stuck_ids, references
 
 
+def _payments(
+    db: str, env: dict[str, str], key: str, clock: ManualClock, fake: FakeKlarna
+) -> tuple[KlarnaClient, Payments]:
+    client = KlarnaClient(
+        fake.api_key, transport=httpx.MockTransport(fake), retry=RetryPolicy(max_attempts=1)
+    )
+    payments = Payments.open(
+        db,
+        env=env,
+        clock=clock,
+        cipher=TokenCipher(key),
+        klarna=client,
+        partner_account_id=fake.partner_account_id,
+    )
+    return client, payments
+
+
 @contextmanager
 def store_with_work(
     db: str, *, due: int, stuck: int, env: dict[str, str] | None = None
@@ -112,23 +136,23 @@ def store_with_work(
     # Four hours ago: every deadline (3 h requests, 60 min windows) has passed now.
     clock = ManualClock(datetime.now(UTC) - timedelta(hours=4))
     fake = FakeKlarna(clock=clock)  # the fake shares the payments' clock
-    client = KlarnaClient(
-        fake.api_key, transport=httpx.MockTransport(fake), retry=RetryPolicy(max_attempts=1)
-    )
-    with (
-        client,
-        Payments.open(
-            db,
-            env=env or {},
-            clock=clock,
-            cipher=TokenCipher(key),
-            klarna=client,
-            partner_account_id=fake.partner_account_id,
-        ) as payments,
-    ):
+    client, payments = _payments(db, env or {}, key, clock, fake)
+    with client, payments:
         due_ids, stuck_ids, references = seed(payments, fake, clock, due=due, stuck=stuck)
     with serve_fake(fake) as server:
-        yield Work(db, key, fake, server, dict(env or {}), due_ids, stuck_ids, references)
+        yield Work(db, key, fake, server, dict(env or {}), clock, due_ids, stuck_ids, references)
+
+
+def add_work(work: Work, *, due: int, stuck: int, prefix: str) -> None:
+    """More work on the same store (references starting with ``prefix``)."""
+    client, payments = _payments(work.db, work.extra_env, work.key, work.clock, work.fake)
+    with client, payments:
+        due_ids, stuck_ids, references = seed(
+            payments, work.fake, work.clock, due=due, stuck=stuck, prefix=prefix
+        )
+    work.due += due_ids
+    work.stuck += stuck_ids
+    work.references.update(references)
 
 
 def start_worker(work: Work, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
