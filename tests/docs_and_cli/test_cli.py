@@ -53,8 +53,11 @@ COMMANDS = [
     "reconcile",
     "diagram",
     "fake-server",
+    "payments",
+    "show",
+    "worker",
 ]
-WITH_DB = COMMANDS[:8]
+WITH_DB = [c for c in COMMANDS if c not in {"diagram", "fake-server"}]
 UNMASKED_TOKEN = re.compile(r"token:(?!\*\*\*\*)")
 
 
