@@ -200,13 +200,16 @@ class Worker:
         deadline = self.monotonic() + self.settings.start_timeout
         while True:
             try:
-                return self.opener()
+                payments = self.opener()
             except Exception as e:
                 if not is_transient(e) or self.monotonic() >= deadline:
                     raise
                 self._failed("opening the store", e)
                 if self.stop.is_set():
                     return None
+            else:
+                log.info("connected to the store")
+                return payments
 
     def _reconnect(self) -> Payments | None:
         try:

@@ -76,6 +76,10 @@ def test_workers_ride_out_a_postgres_restart(pg_schema: str, tmp_path: Path) -> 
         procs = [start_worker(work, log, *FAST, POSTGRES_CONNECT_TIMEOUT="1") for log in logs]
         try:
             wait_until(lambda: all_done(work), what="the work given before the restart")
+            wait_until(
+                lambda: all("round 1:" in read_log(log) for log in logs),
+                what="both workers to be running",
+            )
             _pg_ctl("stop")
             try:
                 wait_until(
