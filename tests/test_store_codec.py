@@ -547,3 +547,31 @@ def test_an_index_row_holds_the_terms_and_the_transaction() -> None:
     assert row.created_at == datetime(2025, 1, 1, 12, tzinfo=UTC).timestamp()
     assert row.since == row.created_at + 180
     assert row.payment_transaction_id == "krn:payment:eu1:transaction:t-1"
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@settings(max_examples=40, deadline=None, database=None)
+@given(
+    reference=st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40)
+    | st.sampled_from(['o"1', "o\\1", 'a","amount":1', "é€😀"]),
+    amount=st.integers(1, 10**9),
+    currency=st.sampled_from(["EUR", "SEK", "USD"]),
+)
+def test_a_payments_terms_rebuild_as_they_were_recorded(
+    kind: str, reference: str, amount: int, currency: str
+) -> None:
+    """Reference, amount and currency read in place (the rebuild) equal those decoded."""
+    clock = ManualClock()
+    with opened(kind, clock) as payments:
+        try:
+            payments.create(
+                flow=Flow.AUTHORIZATION, amount=amount, currency=currency, reference=reference
+            )
+        except CommandRefused:  # a reference the application refuses
+            return
+        expected = stepwise(payments._store.recorder)
+        payments.rebuild_read_models()
+        [row] = payments.read_model()
+
+    assert [row] == expected
+    assert (row.reference, row.amount, row.currency) == (reference, amount, currency)

@@ -424,7 +424,15 @@ def _stored(v: RowValues) -> tuple[Any, ...]:
     """A row's values as the table stores them: the id as canonical text (however
     the event store keeps it: catch-up and rebuild must key a row alike), the
     deadline added."""
-    return (str(as_uuid(v[0])), *v[1:], _deadline(v[1], v[5], v[6]))
+    return (_canonical(v[0]), *v[1:], _deadline(v[1], v[5], v[6]))
+
+
+def _canonical(payment_id: Any) -> str:
+    """A payment id as the text of its UUID (SQLite's events table keeps 32 hex digits)."""
+    text = str(payment_id)
+    if len(text) == 32 and text.isalnum() and text == text.lower():  # UUID.hex: slice it
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    return str(as_uuid(payment_id))
 
 
 def _row(r: Any) -> IndexRow:
