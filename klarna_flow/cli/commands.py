@@ -87,6 +87,15 @@ class _Group(TyperGroup):
             _fail(e, EXIT_FINDING)
         except OSError as e:  # a file that cannot be read or written
             _fail(e, EXIT_FINDING)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if hasattr(e, "exit_code") and hasattr(e, "format_message"):
+                raise  # a usage error: main() reports it
+            # Not klarna_flow's: its message could hold anything (a stored value,
+            # a token), so only its type is shown.
+            typer.echo(f"klarna-flow: error: unexpected {type(e).__name__}", err=True)
+            raise typer.Exit(EXIT_FINDING) from None
 
 
 def _fail(error: BaseException, code: int) -> None:

@@ -293,3 +293,20 @@ def test_show_as_a_table(store: dict[str, Any]) -> None:
 
 def test_show_of_an_unknown_payment_is_one_line(store: dict[str, Any]) -> None:
     assert_one_line_error(run("show", str(uuid4()), "--db", store["db"]), 1, "not found")
+
+
+def test_a_record_no_code_can_read_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    db = tmp_path / "p.sqlite"
+    with Payments.sqlite(db, cipher=TokenCipher.ephemeral()) as payments:
+        payment_id = payments.create(
+            flow=Flow.AUTHORIZATION, amount=100, currency="EUR", reference="r-1"
+        )
+    with sqlite3.connect(db) as conn:  # as if written by a version whose event class is gone
+        conn.execute("UPDATE stored_events SET topic = 'gone.module:Payment.PaymentCreated'")
+
+    result = run("show", str(payment_id), "--db", str(db))
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("klarna-flow: error: ")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
