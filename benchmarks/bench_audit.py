@@ -31,7 +31,7 @@ from klarna_flow._audit.verify import PAGE_SIZE as VERIFY_PAGE
 from klarna_flow._store.payment_store import payment_id_for
 from klarna_flow._store.projections import _BATCH as REPLAY_PAGE
 
-LOG_VERSION = "v1"
+LOG_VERSION = "v2"
 PAYMENTS = 25_000
 EVENTS = PAYMENTS * 4
 SAVE_BATCH = 500

@@ -19,14 +19,21 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Hashable, Iterable
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import AggregateRecorder, Mapper, StoredEvent
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    Mapper,
+    MapperDeserialisationError,
+    StoredEvent,
+    find_id_convertor,
+)
+from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
-from klarna_flow._store.codec import link, split
+from klarna_flow._store.codec import TYPED, EventCodec, link, split
 
 __all__ = ["ChainedMapper", "genesis", "link"]
 
@@ -50,26 +57,62 @@ class _Payload(StoredEvent):
 
 
 class ChainedMapper(Mapper[UUID]):
-    """An eventsourcing ``Mapper`` that prefixes each record with its chain digest."""
+    """An eventsourcing ``Mapper`` that prefixes each record with its chain digest,
+    and writes (and reads) the payload with klarna_flow's :class:`EventCodec`
+    (its transcoder reads and writes the legacy format)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.codec = EventCodec(self.transcoder)
         self.genesis = genesis("Application")
         self.recorder: AggregateRecorder | None = None
         self._heads: dict[UUID | str, tuple[int, bytes]] = {}
         self._local = threading.local()  # digests mapped by this thread, not yet saved
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
-        plain = super().to_stored_event(domain_event)
-        oid, version = plain.originator_id, plain.originator_version
-        digest = link(self._head_before(oid, version), oid, version, plain.topic, plain.state)
+        # eventsourcing's Mapper.to_stored_event, with the payload from the codec.
+        event_class = type(domain_event)
+        topic = get_topic(event_class)
+        state = dict(vars(domain_event))
+        oid = state.pop("originator_id")
+        version = state.pop("originator_version")
+        class_version = getattr(event_class, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        payload = self.codec.encode(topic, state)
+        digest = link(self._head_before(oid, version), oid, version, topic, payload)
         self._unsaved()[oid] = (version, digest)
-        return StoredEvent(oid, version, plain.topic, digest + plain.state)
+        return StoredEvent(oid, version, topic, digest + payload)
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         digest, payload = split(stored_event.state)
         self._remember(stored_event.originator_id, stored_event.originator_version, digest)
-        return super().to_domain_event(_Payload(stored_event, payload))
+        if payload[:1] != TYPED:
+            return super().to_domain_event(_Payload(stored_event, payload))
+        return self._typed_event(stored_event, payload)
+
+    def _typed_event(self, stored: StoredEvent, payload: bytes) -> DomainEventProtocol[UUID]:
+        # eventsourcing's Mapper.to_domain_event, with the state from the codec.
+        topic, oid = stored.topic, stored.originator_id
+        try:
+            event_class = resolve_topic(topic)
+            state = self.codec.decode(topic, payload)
+        except (TopicError, ValueError, TypeError) as e:
+            msg = (
+                f"Failed to deserialise state of stored event with topic '{topic}', "
+                f"originator_id '{oid}' and originator_version {stored.originator_version}: {e}"
+            )
+            raise MapperDeserialisationError(msg) from e
+        state["originator_id"] = find_id_convertor(event_class, cast(Hashable, type(oid)))(oid)
+        state["originator_version"] = stored.originator_version
+        class_version = getattr(event_class, "class_version", 1)
+        from_version = state.pop("class_version", 1)
+        while from_version < class_version:
+            getattr(event_class, f"upcast_v{from_version}_v{from_version + 1}")(state)
+            from_version += 1
+        event: DomainEventProtocol[UUID] = object.__new__(event_class)
+        object.__setattr__(event, "__dict__", state)
+        return event
 
     def _unsaved(self) -> dict[UUID | str, tuple[int, bytes]]:
         heads: dict[UUID | str, tuple[int, bytes]] | None = getattr(self._local, "heads", None)

@@ -5,31 +5,49 @@ A stored event's ``state`` is ``digest || payload``:
 
 - ``digest``: :data:`DIGEST_SIZE` bytes, ``SHA-256(previous digest ||
   originator id || version || topic || 0 || payload)`` (:func:`link`; the
-  chain is described in :mod:`klarna_flow._store.chain`);
-- ``payload``: the event's fields as eventsourcing's ``JSONTranscoder`` writes
-  them: an object with compact separators, UTF-8 (not ASCII-escaped), where an
-  object of a registered type becomes ``{"_type_": name, "_data_": data}``:
-  datetimes ``datetime_iso`` (ISO text), UUIDs ``uuid_hex``, sealed tokens
-  ``sealed_secret`` (``{"k": key id, "n": nonce, "c": ciphertext}``).
+  chain is described in :mod:`klarna_flow._store.chain`), over the payload
+  as stored, whichever format it is in;
+- ``payload``, in one of two formats, told apart by its first byte:
+
+  - **legacy** (every record written before klarna_flow had its own codec,
+    and any event the typed codec cannot carry exactly): the event's fields
+    as eventsourcing's ``JSONTranscoder`` writes them, an object with compact
+    separators, UTF-8, where an object of a registered type becomes
+    ``{"_type_": name, "_data_": data}``: datetimes ``datetime_iso`` (ISO
+    text), UUIDs ``uuid_hex``, sealed tokens ``sealed_secret`` (``{"k": key
+    id, "n": nonce, "c": ciphertext}``);
+  - **typed** (:data:`TYPED`, then JSON written by ``msgspec``): the same
+    object, except that a datetime is its ISO text itself (the event class
+    says which fields are datetimes). Sealed tokens keep their transcoded
+    shape, so an audit masks them without knowing the event class.
+
+  :class:`EventCodec` writes the typed format when the event decodes back
+  equal from it (else the legacy one), and decodes each event class with a
+  ``msgspec`` decoder built from its annotations.
 
 A field is read one of two ways, kept equal by ``tests/test_store_codec.py``:
 :func:`fields` decodes the whole payload (the simple way: the per-event
 projection, audit trails); :func:`text_field` and :func:`seconds_field` find
 one top-level field by its byte pattern (the fast way: the bulk rebuild) and
 decode the whole payload only when the bytes are not as expected. Every
-recorded time is read by :func:`instant`.
+recorded time is read by :func:`instant`, from either format.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from types import UnionType
+from typing import Any, TypedDict, Union, get_args, get_origin, get_type_hints
 from uuid import UUID
 
-from eventsourcing.persistence import Transcoding
+import attrs
+import msgspec
+from eventsourcing.persistence import Transcoder, Transcoding
+from eventsourcing.utils import TopicError, resolve_topic
 
 from klarna_flow._domain.sealed import SealedSecret
 
@@ -37,12 +55,15 @@ __all__ = [
     "DATETIME_ISO",
     "DIGEST_SIZE",
     "SEALED_SECRET",
+    "TYPED",
     "UUID_HEX",
+    "EventCodec",
     "SealedSecretTranscoding",
     "event_name",
     "fields",
     "has_digest",
     "instant",
+    "is_typed",
     "link",
     "linked_digest",
     "sealed_key_id",
@@ -57,6 +78,8 @@ DIGEST_SIZE = 32
 DATETIME_ISO = "datetime_iso"
 UUID_HEX = "uuid_hex"
 SEALED_SECRET = "sealed_secret"  # noqa: S105  (a transcoding's name, not a password)
+TYPED = b"\x01"
+"""The first payload byte of a record in the typed format (a JSON payload starts with ``{``)."""
 
 # Topics and field names come from a handful of classes; the caches are bounded
 # anyway, since a damaged store may hold any topic at all.
@@ -135,15 +158,36 @@ def linked_digest(
 # -- the payload as JSON ----------------------------------------------------------------
 
 
+_PLAIN = msgspec.json.Decoder()
+
+
+def is_typed(state: bytes) -> bool:
+    """True when a stored record's payload is in the typed format."""
+    return state[DIGEST_SIZE : DIGEST_SIZE + 1] == TYPED
+
+
+def _plain_json(payload: bytes) -> Any:
+    try:
+        return _PLAIN.decode(payload)
+    except msgspec.DecodeError:  # what msgspec refuses and Python's JSON reads (NaN, 1e400)
+        return json.loads(payload)
+
+
 def fields(state: bytes) -> dict[str, Any]:
-    """The payload decoded as plain JSON: transcoded objects stay
-    ``{"_type_": ..., "_data_": ...}`` (read them with :func:`transcoded`).
+    """The payload decoded as plain JSON, in either format: transcoded objects
+    stay ``{"_type_": ..., "_data_": ...}`` (read them with :func:`transcoded`);
+    a datetime is that object (legacy) or its ISO text (typed): read it with
+    :func:`instant`.
 
     Raises:
         ValueError: the payload is not a JSON object.
         TypeError: ``state`` is not bytes.
     """
-    decoded = json.loads(bytes(state[DIGEST_SIZE:]))
+    if not isinstance(state, bytes | bytearray | memoryview):
+        msg = f"a stored state is bytes, not {type(state).__name__}"
+        raise TypeError(msg)
+    start = DIGEST_SIZE + 1 if is_typed(state) else DIGEST_SIZE
+    decoded = _plain_json(bytes(state[start:]))
     if not isinstance(decoded, dict):
         msg = f"a stored payload is a JSON object, not {type(decoded).__name__}"
         raise ValueError(msg)
@@ -234,7 +278,7 @@ def seconds_field(state: bytes, name: str) -> float:
     Raises:
         KeyError: no such field.
     """
-    pattern = _datetime_key(name)
+    pattern = _key(name) + b'"' if is_typed(state) else _datetime_key(name)
     at = state.find(pattern, DIGEST_SIZE)
     if at >= 0:
         start = at + len(pattern)
@@ -242,3 +286,149 @@ def seconds_field(state: bytes, name: str) -> float:
         if end > 0:
             return instant(state[start:end].decode()).timestamp()
     return seconds(fields(state)[name])
+
+
+# -- events, typed ----------------------------------------------------------------------
+
+
+class _Knc(msgspec.Struct):
+    k: str
+    n: str
+    c: str
+
+
+class _Sealed(msgspec.Struct, tag_field="_type_", tag=SEALED_SECRET, rename={"data": "_data_"}):
+    """A sealed token as both formats store it (the legacy transcoded shape)."""
+
+    data: _Knc
+
+
+def _sealed(value: SealedSecret) -> _Sealed:
+    return _Sealed(_Knc(value.key_id, value.nonce, value.ciphertext))
+
+
+_ENVELOPE = frozenset({"originator_id", "originator_version"})
+
+
+def _swap(hint: Any, old: Any, new: Any) -> Any:
+    """``hint`` with ``old`` replaced by ``new`` (alone or in an optional union)."""
+    if hint is old:
+        return new
+    if get_origin(hint) in {Union, UnionType} and old in get_args(hint):
+        return Union[tuple(new if a is old else a for a in get_args(hint))]  # noqa: UP007  (built from a tuple)
+    return hint
+
+
+def _is(hint: Any, kind: type) -> bool:
+    return hint is kind or (get_origin(hint) in {Union, UnionType} and kind in get_args(hint))
+
+
+_TYPED_DICT: Any = TypedDict  # called with names known at run time only
+
+
+@attrs.frozen
+class _Plan:
+    """How one event class is written and read in the typed format."""
+
+    decoder: msgspec.json.Decoder[dict[str, Any]]
+    times: tuple[str, ...]  # datetime fields: written as ISO text
+    sealed: tuple[str, ...]  # SealedSecret fields: written transcoded
+
+
+def _plan(event_class: type) -> _Plan | None:
+    """The typed plan of an event class; None when its fields do not allow one."""
+    try:
+        hints = get_type_hints(event_class)
+        names = [f.name for f in dataclasses.fields(event_class) if f.name not in _ENVELOPE]
+        typed = {name: _swap(hints[name], SealedSecret, _Sealed) for name in names}
+        shape = _TYPED_DICT(f"{event_class.__name__}Fields", typed, total=False)
+        decoder: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(shape)
+    except (TypeError, KeyError, NameError):  # not a dataclass, or a type msgspec cannot read
+        return None
+    return _Plan(
+        decoder,
+        times=tuple(n for n in names if _is(hints[n], datetime)),
+        sealed=tuple(n for n in names if _is(hints[n], SealedSecret)),
+    )
+
+
+class EventCodec:
+    """An event's fields to a stored payload and back, in the typed format
+    when it carries them exactly, else through ``legacy`` (eventsourcing's
+    transcoder, which also reads every record written before).
+
+    Args:
+        legacy: the transcoder of the legacy format.
+    """
+
+    def __init__(self, legacy: Transcoder) -> None:
+        self.legacy = legacy
+        self._plans: dict[str, _Plan | None] = {}
+        self._encoder = msgspec.json.Encoder()
+
+    def _plan_of(self, topic: str) -> _Plan | None:
+        try:
+            return self._plans[topic]
+        except KeyError:
+            if len(self._plans) >= _CACHE_SIZE:
+                self._plans.clear()
+            try:
+                plan = _plan(resolve_topic(topic))
+            except TopicError:
+                plan = None
+            self._plans[topic] = plan
+            return plan
+
+    def encode(self, topic: str, state: dict[str, Any]) -> bytes:
+        """The payload of an event of ``topic`` with fields ``state``."""
+        plan = self._plan_of(topic)
+        if plan is not None:
+            typed = self._typed(plan, state)
+            if typed is not None:
+                return typed
+        return self.legacy.encode(state)
+
+    def _typed(self, plan: _Plan, state: dict[str, Any]) -> bytes | None:
+        out = dict(state)
+        try:
+            for name in plan.times:
+                value = out.get(name)
+                if value is not None:
+                    out[name] = value.isoformat()
+            for name in plan.sealed:
+                value = out.get(name)
+                if value is not None:
+                    out[name] = _sealed(value)
+            payload = TYPED + self._encoder.encode(out)
+            # Written typed only when it reads back equal: anything msgspec
+            # would carry inexactly (a datetime or UUID nested in a dict, NaN,
+            # a tuple, an undeclared attribute) stays in the legacy format.
+            exact = self._decode(plan, payload) == state
+        except (TypeError, ValueError, AttributeError, msgspec.MsgspecError):
+            return None
+        return payload if exact else None
+
+    def decode(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """The fields of an event of ``topic`` from its payload, in either format.
+
+        Raises:
+            ValueError: the payload does not decode as an event of ``topic``.
+        """
+        if payload[:1] != TYPED:
+            decoded: dict[str, Any] = self.legacy.decode(payload)
+            return decoded
+        plan = self._plan_of(topic)
+        if plan is None:
+            msg = f"no typed format for events of {topic!r}"
+            raise ValueError(msg)
+        return self._decode(plan, payload)
+
+    @staticmethod
+    def _decode(plan: _Plan, payload: bytes) -> dict[str, Any]:
+        state = plan.decoder.decode(memoryview(payload)[1:])
+        for name in plan.sealed:
+            value = state.get(name)
+            if value is not None:
+                data = value.data
+                state[name] = SealedSecret(data.k, data.n, data.c)
+        return state

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -230,7 +230,7 @@ class PaymentStore(Application[UUID]):
         payment_id = check_payment_id(payment_id)
         with storage_errors():
             try:
-                payment: Payment = self.repository.get(payment_id)
+                payment: Payment = self.repository.get(payment_id, projector_func=_mutate_all)
             except AggregateNotFoundError:
                 raise PaymentNotFound(payment_id) from None
         assert isinstance(payment, Payment)
@@ -368,6 +368,15 @@ class _RequestIds:
             self._ids.move_to_end(payment_request_id)
             if len(self._ids) > self._limit:
                 self._ids.popitem(last=False)
+
+
+def _mutate_all(payment: Any, events: Iterable[Any]) -> Any:
+    """eventsourcing's ``project_aggregate`` without its per-event ``assert
+    isinstance(event, CanMutateProtocol)``: a runtime Protocol check that cost
+    a third of each load (every stored event of a payment has ``mutate``)."""
+    for event in events:
+        payment = event.mutate(payment)
+    return payment
 
 
 def _project(events: list[Any]) -> Payment:
