@@ -91,13 +91,14 @@ class SQLiteHeadsRecorder(SQLiteApplicationRecorder):
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         ids = super()._insert_events(c, stored_events, **kwargs)
-        c.executemany(
-            self._upsert,
-            [
-                (oid.hex if isinstance(oid, UUID) else oid, version)
-                for oid, version in last_versions(stored_events)
-            ],
-        )
+        heads = [
+            (oid.hex if isinstance(oid, UUID) else oid, version)
+            for oid, version in last_versions(stored_events)
+        ]
+        if len(heads) == 1:  # one payment saved: a plain execute is cheaper
+            c.execute(self._upsert, heads[0])
+        else:
+            c.executemany(self._upsert, heads)
         return ids
 
     def head_versions(self) -> list[tuple[UUID, int]] | None:

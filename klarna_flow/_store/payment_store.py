@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import EventSourcingError, MutableOrImmutableAggregate
 from eventsourcing.persistence import (
     ApplicationRecorder,
@@ -182,11 +182,27 @@ class PaymentStore(Application[UUID]):
         # A digest becomes the chain head only once its insert succeeded.
         assert isinstance(self.mapper, ChainedMapper)
         try:
-            recordings = super().save(*objs, **kwargs)
+            recordings = self._save(objs, kwargs)
         except BaseException:
             self.mapper.discard()
             raise
         self.mapper.settle(r.notification for r in recordings)
+        return recordings
+
+    def _save(self, objs: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Recording[UUID]]:
+        """eventsourcing's ``Application.save``, collecting a payment's events
+        without its two runtime Protocol checks per object (a tenth of a save)."""
+        if not all(type(obj) is Payment for obj in objs):
+            return super().save(*objs, **kwargs)
+        processing: ProcessingEvent[UUID] = ProcessingEvent()
+        for payment in objs:
+            processing.events.extend(payment.collect_events())
+            processing.aggregates[payment.id] = payment
+        processing.saved_kwargs.update(kwargs)
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        self.notify(processing.events)  # eventsourcing's deprecated hook, as its save calls it
         return recordings
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
