@@ -134,7 +134,8 @@ PAYMENTS_SURFACE = {
     "cipher", "is_durable", "klarna", "async_klarna", "now", "close",
     # commands
     "create", "identify_payment_request", "complete", "expire", "cancel", "cancel_async",
-    "initiate", "initiate_async", "authorize", "authorize_async", "reconcile", "reconcile_async", "expire_overdue",
+    "initiate", "initiate_async", "authorize", "authorize_async",
+    "reconcile", "reconcile_async", "expire_overdue",
     "handle_notification", "handle_notification_async",
     # queries
     "resolve", "refresh_transaction", "refresh_transaction_async",
