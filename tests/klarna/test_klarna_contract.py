@@ -49,7 +49,7 @@ def test_approved_answer_carries_the_transaction(caller: Caller, token: str) -> 
     assert transaction.payment_transaction_id.startswith("krn:payment:eu1:transaction:")
     assert (transaction.amount, transaction.currency) == (11800, "USD")
     assert transaction.payment_transaction_reference == REFERENCE
-    assert transaction.payment_funding == {"type": "GUARANTEED"}
+    assert transaction.payment_funding == {"type": "GUARANTEED", "state": "PENDING"}
     assert transaction.expires_at is not None
     assert transaction.expires_at.utcoffset() == timedelta(0)
     assert answer.step_up is None
@@ -111,7 +111,7 @@ def test_step_up_answer_names_a_new_payment_request(caller: Caller, token: str) 
     assert answer.result is AuthorizationResult.STEP_UP_REQUIRED
     assert answer.step_up is not None
     new_request = answer.step_up.payment_request_id
-    assert new_request.startswith("krn:payment:eu1:payment-request:")
+    assert new_request.startswith("krn:payment:eu1:request:")
     assert answer.step_up.payment_request_url
     assert caller.fake.state_of(new_request) == "SUBMITTED"
     assert caller.fake.transactions == []
