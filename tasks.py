@@ -38,7 +38,7 @@ def ensure_env() -> None:
     if not (BIN / "python").exists():
         venv.create(VENV, with_pip=True)
     _run(BIN / "python", "-m", "pip", "install", "-q", "--upgrade", "pip")
-    _run(BIN / "python", "-m", "pip", "install", "-q", "-e", ".[dev,docs,postgres]")
+    _run(BIN / "python", "-m", "pip", "install", "-q", "-e", ".[dev,docs,postgres,otel]")
     STAMP.write_text(wanted)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from uuid import UUID
 
@@ -25,6 +26,7 @@ from klarna_flow._app.initiation import INITIATE, InitiateOptions, record_initia
 from klarna_flow._app.ports import AuthorizationLedger
 from klarna_flow._domain.lifecycle import PaymentState
 from klarna_flow._errors import InvalidInput, KlarnaError, KlarnaFlowError
+from klarna_flow._shared import telemetry
 from klarna_flow._store.read_models import IndexRow
 from klarna_flow.klarna import AsyncKlarnaClient, AuthorizationResponse, KlarnaClient
 
@@ -130,11 +132,12 @@ def _send(
 ) -> AuthorizationOutcome:
     response: AuthorizationResponse | None = None
     error: KlarnaError | None = None
-    try:
-        response = client.authorize(**intent.request())
-    except KlarnaError as e:
-        error = e
-    return record_outcome(ledger, intent, response, error, cause=cause)
+    with _observed(intent, cause):
+        try:
+            response = client.authorize(**intent.request())
+        except KlarnaError as e:
+            error = e
+        return _counted(record_outcome(ledger, intent, response, error, cause=cause), cause)
 
 
 async def _send_async(
@@ -142,11 +145,41 @@ async def _send_async(
 ) -> AuthorizationOutcome:
     response: AuthorizationResponse | None = None
     error: KlarnaError | None = None
-    try:
-        response = await client.authorize(**intent.request())
-    except KlarnaError as e:
-        error = e
-    return await asyncio.to_thread(record_outcome, ledger, intent, response, error, cause=cause)
+    with _observed(intent, cause):
+        try:
+            response = await client.authorize(**intent.request())
+        except KlarnaError as e:
+            error = e
+        outcome = await asyncio.to_thread(
+            record_outcome, ledger, intent, response, error, cause=cause
+        )
+        return _counted(outcome, cause)
+
+
+@contextmanager
+def _observed(intent: Intent, cause: str) -> Iterator[None]:
+    """The call's facts on the command's span; a span of its own for each re-send."""
+    payment = intent.payment
+    attributes = {
+        "klarna_flow.payment_id": str(intent.payment_id),
+        "klarna_flow.flow": intent.flow.value,
+        "klarna_flow.call": intent.call,
+        "klarna_flow.attempt": None if payment is None else payment.authorization_attempts,
+    }
+    if cause != RECONCILE:
+        telemetry.annotate(attributes)
+        yield
+        return
+    with telemetry.span("klarna_flow.resend", attributes):
+        yield
+
+
+def _counted(outcome: AuthorizationOutcome, cause: str) -> AuthorizationOutcome:
+    """Count the recorded outcome (and set it on the current span)."""
+    result = outcome.result.value
+    telemetry.annotate({"klarna_flow.outcome": result, "klarna_flow.state": outcome.state.value})
+    telemetry.count_outcome(cause.removeprefix("command:"), result)
+    return outcome
 
 
 def _skipped(payment_id: UUID, error: KlarnaFlowError) -> None:

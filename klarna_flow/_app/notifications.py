@@ -33,6 +33,7 @@ from klarna_flow._errors import (
     NotificationRejected,
     StorageError,
 )
+from klarna_flow._shared import telemetry
 from klarna_flow.klarna._webhooks import (
     CANCELED,
     COMPLETED,
@@ -83,6 +84,7 @@ class NotificationHandler:
     def _count(self, result: NotificationResult) -> NotificationResult:
         with self._lock:
             self.counts[result.outcome] += 1
+        telemetry.count_notification(result.outcome.value, result.event_type)
         return result
 
     def handle(self, body: bytes, headers: Headers) -> NotificationResult:

@@ -31,6 +31,7 @@ from klarna_flow._app.checks import (
 from klarna_flow._app.initiation import InitiateOptions
 from klarna_flow._app.ledger import Ledger, check_completion
 from klarna_flow._app.notifications import NotificationHandler
+from klarna_flow._app.observed import traced
 from klarna_flow._app.queries import PaymentQueries
 from klarna_flow._app.token_charges import charge_token
 from klarna_flow._domain.lifecycle import (
@@ -202,6 +203,7 @@ class Payments(PaymentQueries):
 
     # -- commands ----------------------------------------------------------
 
+    @traced("create")
     def create(
         self,
         *,
@@ -281,6 +283,7 @@ class Payments(PaymentQueries):
                 )
         return payment_id
 
+    @traced("identify_payment_request")
     def identify_payment_request(
         self, payment_id: UUID, payment_request_id: str, *, cause: str = "command:identify"
     ) -> Payment:
@@ -307,6 +310,7 @@ class Payments(PaymentQueries):
         self._ledger.save(payment)
         return payment
 
+    @traced("complete")
     def complete(
         self,
         payment_id: UUID,
@@ -338,6 +342,7 @@ class Payments(PaymentQueries):
             cause=cause,
         )
 
+    @traced("expire")
     def expire(self, payment_id: UUID, *, cause: str = "command:expire") -> Payment:
         """Record that the payment's time ran out.
 
@@ -356,6 +361,7 @@ class Payments(PaymentQueries):
         self._ledger.save(payment)
         return payment
 
+    @traced("cancel")
     def cancel(self, payment_id: UUID, *, cause: str = "command:cancel") -> Payment:
         """Cancel the payment before a final authorization was requested.
 
@@ -376,6 +382,7 @@ class Payments(PaymentQueries):
         payment_id = check_payment_id(payment_id)
         return cancellation.cancel(self._ledger, self._optional_client(), payment_id, cause)
 
+    @traced("cancel")
     async def cancel_async(self, payment_id: UUID, *, cause: str = "command:cancel") -> Payment:
         """:meth:`cancel` with ``AsyncKlarnaClient``; storage runs in a thread."""
         check_cause(cause)
@@ -388,6 +395,7 @@ class Payments(PaymentQueries):
 
     # -- authorization --------------------------------------------------------
 
+    @traced("initiate")
     def initiate(
         self,
         payment_id: UUID,
@@ -438,6 +446,7 @@ class Payments(PaymentQueries):
         client = self._client()
         return authorizer.initiate(self._ledger, client, check_payment_id(payment_id), options)
 
+    @traced("initiate")
     async def initiate_async(
         self,
         payment_id: UUID,
@@ -457,6 +466,7 @@ class Payments(PaymentQueries):
         payment_id = check_payment_id(payment_id)
         return await authorizer.initiate_async(self._ledger, client, payment_id, options)
 
+    @traced("authorize")
     def authorize(self, payment_id: UUID) -> AuthorizationOutcome:
         """Authorize a completed payment with Klarna, exactly once.
 
@@ -492,6 +502,7 @@ class Payments(PaymentQueries):
             raise ConfigurationError(msg)
         return usable(self.async_klarna)
 
+    @traced("reconcile")
     def reconcile(
         self, *, older_than: timedelta = timedelta(minutes=5)
     ) -> list[AuthorizationOutcome]:
@@ -512,10 +523,12 @@ class Payments(PaymentQueries):
         authorizing = self._store.read_model(PaymentState.AUTHORIZING)
         return authorizer.stale_intents(self._ledger, authorizing, older_than)
 
+    @traced("authorize")
     async def authorize_async(self, payment_id: UUID) -> AuthorizationOutcome:
         """:meth:`authorize` with ``AsyncKlarnaClient``; storage runs in a thread."""
         return await authorizer.authorize_async(self._ledger, self._async_client(), payment_id)
 
+    @traced("reconcile")
     async def reconcile_async(
         self, *, older_than: timedelta = timedelta(minutes=5)
     ) -> list[AuthorizationOutcome]:
@@ -524,6 +537,7 @@ class Payments(PaymentQueries):
         intents = await asyncio.to_thread(self._stale_intents, older_than)
         return await authorizer.reconcile_async(self._ledger, client, intents)
 
+    @traced("resolve")
     def resolve(
         self,
         payment_id: UUID,
@@ -565,6 +579,7 @@ class Payments(PaymentQueries):
             no_transaction=no_transaction,
         )
 
+    @traced("refresh_transaction")
     def refresh_transaction(self, payment_id: UUID) -> Payment:
         """Read the payment's transaction at Klarna and record what changed.
 
@@ -579,6 +594,7 @@ class Payments(PaymentQueries):
         """
         return transactions.refresh(self._ledger, self._client(), check_payment_id(payment_id))
 
+    @traced("refresh_transaction")
     async def refresh_transaction_async(self, payment_id: UUID) -> Payment:
         """:meth:`refresh_transaction` with ``AsyncKlarnaClient``."""
         client = self._async_client()
@@ -586,6 +602,7 @@ class Payments(PaymentQueries):
 
     # -- expiry and notifications ----------------------------------------------
 
+    @traced("expire_overdue")
     def expire_overdue(self) -> list[UUID]:
         """Expire every payment whose time ran out; returns the ids expired.
 
@@ -600,6 +617,7 @@ class Payments(PaymentQueries):
             expired.append(payment_id)
         return expired
 
+    @traced("handle_notification")
     def handle_notification(self, body: bytes, headers: Headers) -> NotificationResult:
         """Verify and apply one Klarna notification.
 

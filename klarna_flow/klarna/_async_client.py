@@ -14,6 +14,7 @@ from klarna_flow.klarna._base import ClientBase
 from klarna_flow.klarna._exchange import (
     AuthorizeArgs,
     Call,
+    call_span,
     failed,
     prepare,
     prepare_cancel,
@@ -142,15 +143,16 @@ class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport])
 
     async def _run(self, call: Call[T]) -> T:
         attempts = Attempts(self._retry)
-        while True:
-            attempts.begin()
-            try:
-                return await self._attempt(call, attempts)
-            except KlarnaError as error:
-                delay = failed(call, attempts, error)
-                if delay is None:
-                    raise
-            await asyncio.sleep(delay)
+        with call_span(call):
+            while True:
+                attempts.begin()
+                try:
+                    return await self._attempt(call, attempts)
+                except KlarnaError as error:
+                    delay = failed(call, attempts, error)
+                    if delay is None:
+                        raise
+                await asyncio.sleep(delay)
 
     async def _attempt(self, call: Call[T], attempts: Attempts) -> T:
         try:

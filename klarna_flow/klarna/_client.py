@@ -13,6 +13,7 @@ from klarna_flow.klarna._base import ClientBase
 from klarna_flow.klarna._exchange import (
     AuthorizeArgs,
     Call,
+    call_span,
     failed,
     prepare,
     prepare_cancel,
@@ -185,15 +186,16 @@ class KlarnaClient(ClientBase[httpx.Client, httpx.BaseTransport]):
 
     def _run(self, call: Call[T]) -> T:
         attempts = Attempts(self._retry)
-        while True:
-            attempts.begin()
-            try:
-                return self._attempt(call, attempts)
-            except KlarnaError as error:
-                delay = failed(call, attempts, error)
-                if delay is None:
-                    raise
-            time.sleep(delay)
+        with call_span(call):
+            while True:
+                attempts.begin()
+                try:
+                    return self._attempt(call, attempts)
+                except KlarnaError as error:
+                    delay = failed(call, attempts, error)
+                    if delay is None:
+                        raise
+                time.sleep(delay)
 
     def _attempt(self, call: Call[T], attempts: Attempts) -> T:
         try:

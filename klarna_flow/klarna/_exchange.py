@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -19,6 +20,7 @@ import attrs
 import httpx
 
 from klarna_flow._errors import InvalidInput, KlarnaError
+from klarna_flow._shared import telemetry
 from klarna_flow._shared.secrets import mask
 from klarna_flow._shared.validation import (
     check_amount,
@@ -351,9 +353,11 @@ def received(call: Call[T], attempts: Attempts, response: httpx.Response) -> T:
     """
     status = response.status_code
     correlation_id = response.headers.get("Klarna-Correlation-Id")
+    _observe(call, attempts, status, correlation_id)
     if 200 <= status < 300:
         answer = call.read(status, correlation_id, response.content)
         outcome = getattr(answer, "result", None) or getattr(answer, "state", None) or ""
+        telemetry.annotate({"klarna_flow.outcome": outcome})
         _log(logging.INFO, call, attempts, f"{status} {outcome}".rstrip(), correlation_id)
         return answer
     raise api_error(
@@ -373,10 +377,40 @@ def failed(call: Call[Any], attempts: Attempts, error: KlarnaError) -> float | N
     attempts.may_have_acted = attempts.may_have_acted or error.may_have_acted
     delay = attempts.delay_after(error)
     status = getattr(error, "status_code", None) or type(error).__name__
+    if not isinstance(status, int):  # no answer: the attempt's latency is recorded here
+        _observe(call, attempts, status, None)
     what = f"{status} {getattr(error, 'error_code', None) or ''}".rstrip()
     what += f", retrying in {delay:.3f}s" if delay is not None else ", giving up"
     _log(logging.WARNING, call, attempts, what, error.correlation_id)
     return delay
+
+
+@contextmanager
+def call_span(call: Call[Any]) -> Iterator[telemetry.Span]:
+    """The span of one call to Klarna, all its attempts included (kind CLIENT)."""
+    attributes = {
+        "klarna.operation": call.operation,
+        "klarna.partner_correlation_id": call.request.headers.get("Partner-Correlation-Id"),
+        "http.request.method": call.request.method,
+    }
+    with telemetry.span(f"klarna {call.operation}", attributes, client=True) as span:
+        yield span
+
+
+def _observe(
+    call: Call[Any], attempts: Attempts, status: int | str, correlation: str | None
+) -> None:
+    """One attempt's latency in the histogram and its facts on the call's span."""
+    if not telemetry.ENABLED:
+        return
+    telemetry.klarna_latency(attempts.attempt_elapsed, call.operation, status)
+    telemetry.annotate(
+        {
+            "klarna.attempts": attempts.number,
+            "http.response.status_code" if isinstance(status, int) else "error.type": status,
+            "klarna.correlation_id": correlation,
+        }
+    )
 
 
 def _log(

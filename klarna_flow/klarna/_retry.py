@@ -102,11 +102,18 @@ class Attempts:
         """True once any attempt ended in a way that Klarna may have acted on."""
         self._monotonic = monotonic
         self._started = monotonic()
+        self._attempt_started = self._started
 
     def begin(self) -> int:
         """Count a new attempt; return its number (1 for the first)."""
         self.number += 1
+        self._attempt_started = self._monotonic()
         return self.number
+
+    @property
+    def attempt_elapsed(self) -> float:
+        """Seconds since the current attempt began."""
+        return self._monotonic() - self._attempt_started
 
     @property
     def elapsed(self) -> float:
