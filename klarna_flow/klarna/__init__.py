@@ -5,6 +5,7 @@ It speaks only the wire (JSON and HTTP) and the error tree; it never imports
 the payment domain.
 """
 
+from klarna_flow.klarna._aiohttp_transport import AiohttpTransport
 from klarna_flow.klarna._async_client import AsyncKlarnaClient
 from klarna_flow.klarna._client import KlarnaClient
 from klarna_flow.klarna._config import LIVE_BASE_URL, TEST_BASE_URL
@@ -35,6 +36,7 @@ __all__ = [
     "LIVE_BASE_URL",
     "TEST_BASE_URL",
     "Address",
+    "AiohttpTransport",
     "AsyncKlarnaClient",
     "AuthorizationResponse",
     "AuthorizationResult",

@@ -20,8 +20,8 @@ import attrs
 import httpx
 
 from klarna_flow._errors import InvalidInput, KlarnaError
-from klarna_flow._shared import telemetry
 from klarna_flow._shared.secrets import mask
+from klarna_flow._shared.telemetry import ENABLED, Span, annotate, klarna_latency, span
 from klarna_flow._shared.validation import (
     check_amount,
     check_currency,
@@ -357,7 +357,7 @@ def received(call: Call[T], attempts: Attempts, response: httpx.Response) -> T:
     if 200 <= status < 300:
         answer = call.read(status, correlation_id, response.content)
         outcome = getattr(answer, "result", None) or getattr(answer, "state", None) or ""
-        telemetry.annotate({"klarna_flow.outcome": outcome})
+        annotate({"klarna_flow.outcome": outcome})
         _log(logging.INFO, call, attempts, f"{status} {outcome}".rstrip(), correlation_id)
         return answer
     raise api_error(
@@ -386,25 +386,25 @@ def failed(call: Call[Any], attempts: Attempts, error: KlarnaError) -> float | N
 
 
 @contextmanager
-def call_span(call: Call[Any]) -> Iterator[telemetry.Span]:
+def call_span(call: Call[Any]) -> Iterator[Span]:
     """The span of one call to Klarna, all its attempts included (kind CLIENT)."""
     attributes = {
         "klarna.operation": call.operation,
         "klarna.partner_correlation_id": call.request.headers.get("Partner-Correlation-Id"),
         "http.request.method": call.request.method,
     }
-    with telemetry.span(f"klarna {call.operation}", attributes, client=True) as span:
-        yield span
+    with span(f"klarna {call.operation}", attributes, client=True) as opened:
+        yield opened
 
 
 def _observe(
     call: Call[Any], attempts: Attempts, status: int | str, correlation: str | None
 ) -> None:
     """One attempt's latency in the histogram and its facts on the call's span."""
-    if not telemetry.ENABLED:
+    if not ENABLED:
         return
-    telemetry.klarna_latency(attempts.attempt_elapsed, call.operation, status)
-    telemetry.annotate(
+    klarna_latency(attempts.attempt_elapsed, call.operation, status)
+    annotate(
         {
             "klarna.attempts": attempts.number,
             "http.response.status_code" if isinstance(status, int) else "error.type": status,

@@ -14,6 +14,7 @@ ALLOWED_INTERNAL = {
     "klarna_flow._shared.clock",
     "klarna_flow._errors",
     "klarna_flow._shared.secrets",
+    "klarna_flow._shared.telemetry",
     "klarna_flow._shared.validation",
 }
 
@@ -23,6 +24,7 @@ def test_public_names_are_pinned() -> None:
         "LIVE_BASE_URL",
         "TEST_BASE_URL",
         "Address",
+        "AiohttpTransport",
         "AsyncKlarnaClient",
         "AuthorizationResponse",
         "AuthorizationResult",
