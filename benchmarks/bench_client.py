@@ -120,7 +120,7 @@ def client_overhead(count: int = 1000, repeat: int = 9) -> str:
         "client_overhead",
         client_time / raw_time,
         f"client={client_time * 1e6 / count:.0f}us/call raw={raw_time * 1e6 / count:.0f}us/call "
-        f"calls={count} goal<=1.30",
+        f"calls={count} goal<=1.15",
     )
 
 

@@ -70,6 +70,7 @@ if _trace is not None and _metrics is not None:
         unit="s",
         description="Latency of each attempt of a call to Klarna",
     )
+    _IDLE_PROVIDERS: Any = (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)
     _CLIENT: Any = _trace.SpanKind.CLIENT
     _INTERNAL: Any = _trace.SpanKind.INTERNAL
     _ERROR: Any = _trace.StatusCode.ERROR
@@ -113,7 +114,7 @@ def span(
     name: str, attributes: Mapping[str, object] | None = None, *, client: bool = False
 ) -> Iterator[Span]:
     """A span around the block; an exception marks it as an error (its type only)."""
-    if not ENABLED:
+    if not _tracing():
         yield Span()
         return
     kind = _CLIENT if client else _INTERNAL
@@ -131,6 +132,11 @@ def span(
             current.set_attribute("error.type", type(error).__name__)
             current.set_status(_ERROR, type(error).__name__)
             raise
+
+
+def _tracing() -> bool:
+    """True when a tracer provider that records was set (spans cost nothing otherwise)."""
+    return ENABLED and not isinstance(_trace.get_tracer_provider(), _IDLE_PROVIDERS)
 
 
 def annotate(attributes: Mapping[str, object]) -> None:
