@@ -15,14 +15,16 @@
     klarna-flow payments                  list payments (filters, paging)
     klarna-flow show PAYMENT_ID           one payment and its next step
     klarna-flow worker                    expire, reconcile and report, in rounds, until stopped
+    klarna-flow unresolved                payments waiting for a person's evidence
+    klarna-flow resolve PAYMENT_ID        record that evidence: a transaction, or none
 
 Every command takes ``--db`` (an SQLite path or a ``postgresql://`` URL;
 default ``klarna_flow_demo.sqlite``, or ``$KLARNA_FLOW_DB``). Only ``demo``
 creates a store; the others refuse a missing file or one that holds no
 klarna_flow store, and create no table in it. The read-only commands (audit,
-history, export, verify, payments, show) open the store read-only through
+history, export, verify, payments, show, unresolved) open the store read-only through
 :meth:`AuditLog.open` and write nothing; replay writes only the read-model
-tables. None of these needs a cipher key. expire, reconcile and worker need the key:
+tables. None of these needs a cipher key. expire, reconcile, worker and resolve need the key:
 ``--key-file``, ``$KLARNA_FLOW_CIPHER_KEY``, or the demo's ``<db>.key``.
 
 Exit codes: 0 success; 1 a finding or failure (verify found tampering, no
@@ -47,7 +49,7 @@ from typer.core import TyperGroup
 
 from klarna_flow._domain.lifecycle import diagram as lifecycle_diagram
 from klarna_flow._errors import ConfigurationError, InvalidInput, KlarnaFlowError
-from klarna_flow.cli import operations, render
+from klarna_flow.cli import operations, render, resolving
 from klarna_flow.cli.demo import run_demo
 from klarna_flow.cli.options import (
     DEFAULT_BASE_URL,
@@ -369,6 +371,8 @@ def fake_server(
 app.command("payments")(operations.list_payments)
 app.command()(operations.show)
 app.command()(operations.worker)
+app.command()(resolving.unresolved)
+app.command()(resolving.resolve)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -154,7 +154,7 @@ def show(payment_id: PaymentArg, db: Db = DEFAULT_DB, as_json: Json = False) -> 
     """
     with audit_log(db) as log:
         payment = log.get(payment_id)
-    view = showing.payment_view(payment, datetime.now(UTC))
+    view = showing.payment_view(payment, datetime.now(UTC), db)
     if as_json:
         print_json(view)
     else:

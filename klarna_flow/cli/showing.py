@@ -11,14 +11,16 @@ from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 import attrs
 from rich.table import Table
 
 from klarna_flow._domain.lifecycle import PaymentState
 from klarna_flow._domain.payment import Payment
+from klarna_flow._store.locations import shown
 
-__all__ = ["Action", "NextStep", "next_step", "payment_view", "show_table"]
+__all__ = ["Action", "NextStep", "next_step", "payment_view", "resolve_command", "show_table"]
 
 
 class Action(StrEnum):
@@ -49,8 +51,17 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def next_step(payment: Payment, now: datetime) -> NextStep:
-    """What should happen next to ``payment``, seen at ``now``."""
+def resolve_command(payment_id: UUID, db: str | None = None) -> str:
+    """The ``klarna-flow resolve`` line for a payment (``db`` shown without a password)."""
+    where = "" if db is None else f" --db {shown(db)}"
+    return (
+        f"klarna-flow resolve {payment_id}{where} --by WHO --evidence TEXT "
+        "(--transaction-id KRN | --no-transaction)"
+    )
+
+
+def next_step(payment: Payment, now: datetime, db: str | None = None) -> NextStep:
+    """What should happen next to ``payment``, seen at ``now`` (on the store ``db``)."""
     state = payment.state
     if state is PaymentState.CREATED:
         return _created(payment, now)
@@ -61,7 +72,8 @@ def next_step(payment: Payment, now: datetime) -> NextStep:
         if reason is not None:
             return NextStep(
                 Action.RESOLVE,
-                f"unresolved: resolve with evidence from Klarna ({reason})",
+                f"unresolved: resolve with evidence from Klarna ({reason}): "
+                + resolve_command(payment.id, db),
             )
         since = payment.modified_on
         text = f"reconcile: authorization pending since {_iso(since)} (the worker re-sends it)"
@@ -104,7 +116,7 @@ def _transaction(payment: Payment) -> dict[str, Any] | None:
     return out
 
 
-def payment_view(payment: Payment, now: datetime) -> dict[str, Any]:
+def payment_view(payment: Payment, now: datetime, db: str | None = None) -> dict[str, Any]:
     """The payment as JSON-safe typed values; no token, sealed or not."""
     return {
         "payment_id": str(payment.id),
@@ -132,7 +144,7 @@ def payment_view(payment: Payment, now: datetime) -> dict[str, Any]:
         "request_expires_at": _iso(getattr(payment, "request_expires_at", None)),
         "completed_at": _iso(payment.completed_at),
         "authorize_by": _iso(payment.authorize_by),
-        "next_step": next_step(payment, now).as_dict(),
+        "next_step": next_step(payment, now, db).as_dict(),
     }
 
 
