@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -90,7 +91,8 @@ def progress_bar(label: str, *, enabled: bool = True) -> Iterator[ProgressCallba
 
 
 def _details(details: Mapping[str, Any]) -> str:
-    return "\n".join(f"{k}={v}" for k, v in details.items() if v is not None)
+    """One line per detail; text in square brackets stays text (rich markup is escaped)."""
+    return escape("\n".join(f"{k}={v}" for k, v in details.items() if v is not None))
 
 
 def audit_table(entries: Sequence[AuditEntry], title: str | None = None) -> Table:

@@ -497,3 +497,14 @@ def test_both_commands_are_listed_with_their_help(command: str) -> None:
     help_text = ok(command, "--help").stdout
     assert "--db" in help_text
     assert ("--key-file" in help_text) == (command == "resolve")
+
+
+def test_evidence_in_square_brackets_shows_as_written_in_the_audit_table(store: Store) -> None:
+    payment_id = store.id("r-lost")
+    evidence = "[ticket OPS-43] [bold]portal[/bold]"
+    ok(*_args(store, "r-lost"), "--evidence", evidence, "--transaction-id", store.transaction_id)
+
+    table = ok("audit", payment_id, "--db", store.db).stdout
+
+    assert "[ticket OPS-43]" in table
+    assert "[bold]portal[/bold]" in table
