@@ -51,6 +51,7 @@ from klarna_flow._domain.lifecycle import diagram as lifecycle_diagram
 from klarna_flow._errors import ConfigurationError, InvalidInput, KlarnaFlowError
 from klarna_flow.cli import operations, render, resolving
 from klarna_flow.cli.demo import run_demo
+from klarna_flow.cli.demo_render import demo_view, print_demo
 from klarna_flow.cli.options import (
     DEFAULT_BASE_URL,
     DEFAULT_DB,
@@ -136,23 +137,19 @@ app = typer.Typer(
 
 @app.command()
 def demo(db: Db = DEFAULT_DB, as_json: Json = False) -> None:
-    """Drive a payment down every path against a fake Klarna, then show the results.
+    """Play Klarna's whole journey against a fake Klarna, one payment per scenario.
 
-    Approved, declined, step-up, pure tokenization, pay-and-tokenize, canceled
-    and expired, recorded on --db (new references each run). The tokens are
-    sealed with a key kept beside the SQLite file (<db>.key, mode 0600).
+    Step-up, Express, tokenization and a token charge, pay-and-tokenize,
+    declines, a cancel at Klarna, expiries, a lost answer and the guards,
+    recorded on --db (new references each run); shows each payment's final
+    state, what happened and the next steps. The tokens are sealed with a key
+    kept beside the SQLite file (<db>.key, mode 0600).
     """
     result = run_demo(db)
     if as_json:
-        _print_json(render.demo_view(result))
+        _print_json(demo_view(result))
         return
-    console = render.stdout()
-    summary, trail = render.demo_tables(result)
-    console.print(summary)
-    console.print(trail)
-    if result.trail:
-        pid = result.trail[0].payment_id
-        console.print(f"next: klarna-flow audit {pid} --db {db}   |   klarna-flow verify --db {db}")
+    print_demo(render.stdout(), result)
 
 
 @app.command()

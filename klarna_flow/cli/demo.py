@@ -1,62 +1,72 @@
-"""The demo scenario: every path of the lifecycle, against FakeKlarna, on a real store.
+"""``klarna-flow demo``: Klarna's whole journey against FakeKlarna, on a real store.
 
-``klarna-flow demo`` runs it. Nothing leaves the process: Klarna is a
-:class:`~klarna_flow.testing.FakeKlarna` behind ``httpx.MockTransport``, and a
-:class:`~klarna_flow.testing.ManualClock` (shared by the fake and the
-application) jumps past the 60-minute window for the expiry. Events land in
-the given store, so every other command (audit, history, verify, replay...)
-has something to read afterwards. Each run gets references of its own, so the
-demo can run again on the same file.
+The scenarios (:mod:`klarna_flow.cli.demo_scenarios`) play one payment each:
+the initial call with step-up, the customer, Klarna's signed notifications
+and the final authorization; Express checkout; a pure tokenization and a
+charge of its customer token; pay-and-tokenize; declines, a cancel at
+Klarna, Klarna's own request expiry, the 60-minute window, a lost answer
+settled by Klarna's notification, and a refused final authorize. Nothing
+leaves the process: Klarna is a :class:`~klarna_flow.testing.FakeKlarna`
+behind ``httpx.MockTransport``. Events land in the given store, so every
+other command (audit, history, verify, replay...) has something to read.
+
+Every run plays with new references of its own (``demo-<run>-<scenario>``):
+a second run on the same file adds a second set of payments beside the
+first, which stay as they were, and ``verify`` checks both.
 
 The tokens the demo seals need a key: the demo makes one and keeps it beside
 its SQLite file (``<db>.key``, readable by the owner only), reusing it on
-later runs.
+later runs. No output names a token, the API key or a database password.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+import shlex
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
 import attrs
 import httpx
 
-from klarna_flow._app.payments import Payments
-from klarna_flow._audit.log import AuditEntry
-from klarna_flow._domain.lifecycle import AUTHORIZATION_WINDOW, Flow
-from klarna_flow._errors import ConfigurationError
-from klarna_flow._shared.clock import SystemClock
+from klarna_flow import AuditEntry, ConfigurationError, Payments, SystemClock
 from klarna_flow._store.cipher import CIPHER_KEY_ENV, TokenCipher, generate_key, parse_key
 from klarna_flow._store.locations import is_postgres_url, shown, sqlite_tables
+from klarna_flow.cli.demo_scenarios import Journey, Played, play_all
 from klarna_flow.klarna import KlarnaClient, RetryPolicy
 from klarna_flow.testing import FakeKlarna, ManualClock
 
 __all__ = ["DemoPayment", "DemoResult", "key_file_for", "load_or_create_key", "run_demo"]
 
-_AMOUNT = 11800
-_CURRENCY = "EUR"
+_HEAD_START = timedelta(hours=2)
+"""How long before now the demo's clock starts: it moves 61 minutes forward."""
 
 
 @attrs.frozen
 class DemoPayment:
-    """One payment the demo drove, as it ended."""
+    """One scenario's payment, as it ended."""
 
     path: str
+    """The scenario (``step-up``, ``express``...)."""
     reference: str
     payment_id: UUID
     flow: str
     state: str
     payment_transaction_id: str | None
+    happened: tuple[str, ...] = ()
+    """What happened, one step at a time, with the state each left."""
+    next_steps: tuple[str, ...] = ()
+    """Commands to look further (audit, verify)."""
 
 
 @attrs.frozen
 class DemoResult:
-    """What the demo recorded: its payments and the trail of the richest one."""
+    """What the demo recorded: its payments and the trail of the step-up one."""
 
     db: str
+    """The store, as messages show it (a URL without its password)."""
     run: str
     payments: tuple[DemoPayment, ...]
     trail: tuple[AuditEntry, ...]
@@ -108,66 +118,6 @@ def _cipher(db: str) -> tuple[TokenCipher, str | None]:
     return TokenCipher(key), None
 
 
-class _Demo:
-    """The scenario's moving parts: one clock, one fake Klarna, one application."""
-
-    def __init__(self, app: Payments, fake: FakeKlarna, clock: ManualClock, run: str) -> None:
-        self.app = app
-        self.fake = fake
-        self.clock = clock
-        self.run = run
-        self.done: list[tuple[str, str, UUID]] = []
-
-    def create(self, path: str, flow: Flow) -> tuple[UUID, str]:
-        request_id = self.fake.create_payment_request(
-            amount=_AMOUNT, currency=_CURRENCY, flow=flow.value
-        )
-        reference = f"demo-{self.run}-{path}"
-        payment_id = self.app.create(
-            flow=flow,
-            amount=_AMOUNT,
-            currency=_CURRENCY,
-            reference=reference,
-            payment_request_id=request_id,
-        )
-        self.done.append((path, reference, payment_id))
-        return payment_id, request_id
-
-    def customer_completes(self, request_id: str) -> None:
-        """The shopper finishes in Klarna; Klarna's signed notification arrives."""
-        notification = self.fake.complete_payment_request(request_id).notification
-        self.app.handle_notification(notification.body, notification.headers)
-
-    def paid(self, path: str, flow: Flow, script: Callable[[], None] | None = None) -> UUID:
-        payment_id, request_id = self.create(path, flow)
-        self.customer_completes(request_id)
-        if script is not None:
-            script()
-        self.app.authorize(payment_id)
-        return payment_id
-
-    def step_up(self) -> UUID:
-        """Klarna asks the shopper to act again; the second attempt is approved."""
-        payment_id = self.paid("step-up", Flow.AUTHORIZATION, self.fake.step_up_next)
-        new_request = self.app.get(payment_id).payment_request_id
-        assert new_request is not None
-        self.customer_completes(new_request)
-        self.app.authorize(payment_id)
-        return payment_id
-
-    def canceled(self) -> None:
-        _, request_id = self.create("canceled", Flow.AUTHORIZATION)
-        notification = self.fake.cancel_payment_request(request_id)
-        self.app.handle_notification(notification.body, notification.headers)
-
-    def expired(self) -> None:
-        """Completed, never authorized: the sweep expires it after 60 minutes."""
-        _, request_id = self.create("expired", Flow.AUTHORIZATION)
-        self.customer_completes(request_id)
-        self.clock.advance(AUTHORIZATION_WINDOW + AUTHORIZATION_WINDOW / 60)
-        self.app.expire_overdue()
-
-
 def _refuse_a_foreign_file(db: str) -> None:
     """The demo creates its store in a new or empty file, or adds to its own; never to another's."""
     if is_postgres_url(db) or not os.path.exists(db):
@@ -179,21 +129,31 @@ def _refuse_a_foreign_file(db: str) -> None:
         )
 
 
-def run_demo(db: str | os.PathLike[str]) -> DemoResult:
-    """Drive one payment down each path of the lifecycle on ``db``.
+def run_demo(db: str | os.PathLike[str], *, fake: FakeKlarna | None = None) -> DemoResult:
+    """Play every scenario of Klarna's journey on ``db``, one new payment each.
+
+    Args:
+        fake: the Klarna to play against, whose clock must be a
+            :class:`ManualClock` (tests look at what it was sent); default:
+            a new one whose clock starts two hours ago, so that every time the
+            demo records is in the past when it ends.
 
     Raises:
-        ConfigurationError: no key for a PostgreSQL store, or a bad key file.
+        ConfigurationError: no key for a PostgreSQL store, a bad key file, or
+            a fake without a manual clock.
         StorageError: the store cannot be opened or written.
+        DemoScenarioFailed: a scenario did not end as the journey says.
     """
     db = os.fspath(db)
     _refuse_a_foreign_file(db)
+    fake = fake if fake is not None else _new_fake()
+    clock = fake.clock
+    if not isinstance(clock, ManualClock):
+        raise ConfigurationError("the demo's FakeKlarna needs a ManualClock")
     cipher, key_file = _cipher(db)
-    clock = ManualClock(SystemClock().now())
-    fake = FakeKlarna(clock=clock)
-    retry = RetryPolicy(max_attempts=1)
+    retry = RetryPolicy(max_attempts=1)  # a lost answer stays lost: no retry behind its back
     with KlarnaClient(fake.api_key, transport=httpx.MockTransport(fake), retry=retry) as client:
-        app = Payments.open(
+        payments = Payments.open(
             db,
             clock=clock,
             cipher=cipher,
@@ -202,41 +162,44 @@ def run_demo(db: str | os.PathLike[str]) -> DemoResult:
             signing_keys=fake.signing_keys,
         )
         try:
-            return _scenario(app, fake, clock, db, key_file)
+            return _played(payments, fake, clock, db, key_file)
         finally:
-            app.close()
+            payments.close()
 
 
-def _scenario(
-    app: Payments, fake: FakeKlarna, clock: ManualClock, db: str, key_file: str | None
+def _new_fake() -> FakeKlarna:
+    clock = ManualClock(SystemClock().now() - _HEAD_START)
+    return FakeKlarna(api_key=f"demo-{secrets.token_urlsafe(24)}", clock=clock)
+
+
+def _played(
+    payments: Payments, fake: FakeKlarna, clock: ManualClock, db: str, key_file: str | None
 ) -> DemoResult:
-    run = f"{clock.now():%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
-    demo = _Demo(app, fake, clock, run)
-    demo.paid("approved", Flow.AUTHORIZATION)
-    demo.paid("declined", Flow.AUTHORIZATION, lambda: fake.decline_next("demo: declined"))
-    step_up = demo.step_up()
-    _, request_id = demo.create("tokenization", Flow.TOKENIZATION)
-    demo.customer_completes(request_id)
-    demo.paid("pay-and-tokenize", Flow.AUTHORIZATION_AND_TOKENIZATION)
-    demo.canceled()
-    demo.expired()
-    payments = []
-    for path, reference, payment_id in demo.done:
-        payment = app.get(payment_id)
-        payments.append(
-            DemoPayment(
-                path=path,
-                reference=reference,
-                payment_id=payment_id,
-                flow=payment.flow.value,
-                state=payment.state.value,
-                payment_transaction_id=payment.payment_transaction_id,
-            )
-        )
+    run = f"{SystemClock().now():%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+    played = play_all(Journey(payments, fake, clock, run))
+    where = shown(db)
     return DemoResult(
-        db=db,
+        db=where,
         run=run,
-        payments=tuple(payments),
-        trail=tuple(app.audit_trail(step_up)),
+        payments=tuple(_payment(payments, p, where) for p in played),
+        trail=tuple(payments.audit_trail(played[0].payment_id)),
         key_file=key_file,
+    )
+
+
+def _payment(payments: Payments, played: Played, db: str) -> DemoPayment:
+    payment = payments.get(played.payment_id)
+    at = shlex.quote(db)
+    return DemoPayment(
+        path=played.path,
+        reference=payment.reference,
+        payment_id=played.payment_id,
+        flow=payment.flow.value,
+        state=payment.state.value,
+        payment_transaction_id=payment.payment_transaction_id,
+        happened=played.happened,
+        next_steps=(
+            f"klarna-flow audit {played.payment_id} --db {at}",
+            f"klarna-flow verify --payment {played.payment_id} --db {at}",
+        ),
     )

@@ -12,14 +12,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,22 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from klarna_flow import Flow, Payments, PaymentState, TokenCipher, generate_key
+from klarna_flow import (
+    AuditLog,
+    ConfigurationError,
+    Flow,
+    Payment,
+    Payments,
+    PaymentState,
+    TokenCipher,
+    generate_key,
+)
 from klarna_flow.cli import app, main
+from klarna_flow.cli.demo import run_demo
+from klarna_flow.cli.demo_render import demo_view, print_demo
 from klarna_flow.cli.render import progress_bar
 from klarna_flow.klarna import KlarnaClient, RetryPolicy
 from klarna_flow.testing import FakeKlarna, ManualClock, serve_fake
@@ -126,6 +141,53 @@ def test_an_unknown_command_is_a_usage_error() -> None:
 
 # -- demo ---------------------------------------------------------------------------------
 
+#: Every scenario of the demo and the state its payment ends in.
+SCENARIOS = {
+    "step-up": "AUTHORIZED",
+    "express": "AUTHORIZED",
+    "tokenization": "COMPLETED",
+    "token-charge": "AUTHORIZED",
+    "pay-and-tokenize": "AUTHORIZED",
+    "declined": "DECLINED",
+    "declined-by-webhook": "DECLINED",
+    "canceled": "CANCELED",
+    "lost-answer": "AUTHORIZED",
+    "tokenization-guard": "COMPLETED",
+    "expired-at-klarna": "EXPIRED",
+    "window-elapsed": "EXPIRED",
+}
+#: What each scenario's payment recorded, event by event.
+TRAILS = {
+    "step-up": ["PaymentCreated", "AuthorizationRequested", "StepUpRequired",
+                "PurchaseCompleted", "AuthorizationRequested", "AuthorizationApproved"],
+    "express": ["PaymentCreated", "AuthorizationRequested", "AuthorizationApproved"],
+    "tokenization": ["PaymentCreated", "AuthorizationRequested", "StepUpRequired",
+                     "PurchaseCompleted"],
+    "token-charge": ["PaymentCreated", "AuthorizationRequested", "AuthorizationApproved"],
+    "pay-and-tokenize": ["PaymentCreated", "AuthorizationRequested", "StepUpRequired",
+                         "PurchaseCompleted", "AuthorizationRequested", "AuthorizationApproved"],
+    "declined": ["PaymentCreated", "AuthorizationRequested", "AuthorizationDeclined"],
+    "declined-by-webhook": ["PaymentCreated", "AuthorizationRequested", "StepUpRequired",
+                            "PaymentRequestDeclined"],
+    "canceled": ["PaymentCreated", "AuthorizationRequested", "StepUpRequired", "PaymentCanceled"],
+    "lost-answer": ["PaymentCreated", "AuthorizationRequested", "StepUpRequired",
+                    "PurchaseCompleted", "AuthorizationRequested", "AuthorizationApproved"],
+    "tokenization-guard": ["PaymentCreated", "AuthorizationRequested", "StepUpRequired",
+                           "PurchaseCompleted"],
+    "expired-at-klarna": ["PaymentCreated", "AuthorizationRequested", "StepUpRequired",
+                          "PaymentExpired"],
+    "window-elapsed": ["PaymentCreated", "AuthorizationRequested", "StepUpRequired",
+                       "PurchaseCompleted", "PaymentExpired"],
+}  # fmt: skip
+#: A session or customer token as FakeKlarna makes them, not masked.
+CLEAR_TOKEN = re.compile(r"(klarna-network-session-token|krn:customer-token):(?!\*\*\*\*)")
+
+
+def stored_payments(db: str, payment_ids: list[str]) -> dict[str, Payment]:
+    """The payments as the store holds them, read with the library and no key."""
+    with AuditLog.open(db) as log:
+        return {pid: log.get(UUID(pid)) for pid in payment_ids}
+
 
 def test_demo_runs_twice_on_the_default_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -134,54 +196,169 @@ def test_demo_runs_twice_on_the_default_file(
     first = ok("demo")
     key_file = tmp_path / "klarna_flow_demo.sqlite.key"
     key = key_file.read_text()
-    second = ok("demo")
+    second = json.loads(ok("demo", "--json").stdout)
 
-    assert (tmp_path / "klarna_flow_demo.sqlite").exists()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert key_file.read_text() == key  # reused, not replaced
-    for out in (first.stdout, second.stdout):
-        assert "AUTHORIZED" in out
-        assert "DECLINED" in out
-        assert "EXPIRED" in out
-        assert "CANCELED" in out
-        assert "StepUpRequired" in out
-        assert "notification:" in out
-        assert UNMASKED_TOKEN.search(out) is None
-    refs = [set(re.findall(r"demo-\S+-approved", out)) for out in (first.stdout, second.stdout)]
-    assert refs[0]
-    assert refs[1]
-    assert refs[0] != refs[1]
-    counts = as_json("replay")["counts"]
-    assert sum(counts.values()) == 14
+    for scenario, state in SCENARIOS.items():
+        assert re.search(rf"(?<![\w-]){re.escape(scenario)}(?![\w-])", first.stdout), scenario
+        assert state in first.stdout
+    assert "StepUpRequired" in first.stdout  # the step-up payment's audit trail
+    assert "next: klarna-flow verify --db klarna_flow_demo.sqlite" in first.stdout
+    assert CLEAR_TOKEN.search(first.stdout + first.stderr) is None
+    # A second run plays every scenario again with payments of its own, and
+    # leaves the first run's as they were.
+    with AuditLog.open("klarna_flow_demo.sqlite") as log:
+        rows = {str(row.payment_id): row for row in log.read_model()}
+    again = {p["payment_id"]: p for p in second["payments"]}
+    earlier = {pid: row for pid, row in rows.items() if pid not in again}
+    assert len(rows) == 2 * len(SCENARIOS)
+    assert len(again) == len(earlier) == len(SCENARIOS)
+    assert all(pid in first.stdout for pid in earlier)
+    assert all(pid not in first.stdout for pid in again)
+    for row in earlier.values():
+        assert row.reference is not None
+        _, stamp, suffix, scenario = row.reference.split("-", 3)  # demo-<run>-<scenario>
+        assert f"{stamp}-{suffix}" != second["run"]
+        assert row.state == SCENARIOS[scenario], scenario
+    report = as_json("verify")
+    assert (report["ok"], report["payments_checked"]) == (True, 2 * len(SCENARIOS))
 
 
-def test_demo_drives_every_path(demo_db: tuple[str, dict[str, Any]]) -> None:
-    _, result = demo_db
+def test_demo_plays_every_scenario_to_its_final_state(
+    demo_db: tuple[str, dict[str, Any]],
+) -> None:
+    db, result = demo_db
     payments = by_path(result)
-    assert {path: p["state"] for path, p in payments.items()} == {
-        "approved": "AUTHORIZED",
-        "declined": "DECLINED",
-        "step-up": "AUTHORIZED",
-        "tokenization": "COMPLETED",
-        "pay-and-tokenize": "AUTHORIZED",
-        "canceled": "CANCELED",
-        "expired": "EXPIRED",
-    }
-    assert payments["tokenization"]["flow"] == "TOKENIZATION"
-    assert payments["pay-and-tokenize"]["flow"] == "AUTHORIZATION_AND_TOKENIZATION"
+    stored = stored_payments(db, [p["payment_id"] for p in result["payments"]])
+
+    assert [p["path"] for p in result["payments"]] == list(SCENARIOS)
+    assert {path: p["state"] for path, p in payments.items()} == SCENARIOS
     for path, p in payments.items():
-        assert (p["payment_transaction_id"] is not None) == (p["state"] == "AUTHORIZED"), path
-    events = [e["event"] for e in result["audit_trail"]]
-    assert events == [
-        "PaymentCreated",
-        "PurchaseCompleted",
-        "AuthorizationRequested",
-        "StepUpRequired",
-        "PurchaseCompleted",
-        "AuthorizationRequested",
-        "AuthorizationApproved",
-    ]
-    assert result["audit_trail"][0]["payment_id"] == payments["step-up"]["payment_id"]
+        payment = stored[p["payment_id"]]
+        assert payment.state.value == SCENARIOS[path], path
+        assert payment.flow.value == p["flow"], path
+        assert payment.reference == p["reference"] == f"demo-{result['run']}-{path}"
+        assert payment.payment_transaction_id == p["payment_transaction_id"], path
+        assert (payment.payment_transaction_id is not None) == (SCENARIOS[path] == "AUTHORIZED")
+    flows = {path: p["flow"] for path, p in payments.items()}
+    assert flows["tokenization"] == flows["tokenization-guard"] == "TOKENIZATION"
+    assert flows["pay-and-tokenize"] == "AUTHORIZATION_AND_TOKENIZATION"
+    assert {f for path, f in flows.items() if "tokeniz" not in path} == {"AUTHORIZATION"}
+
+
+def test_demo_records_each_journey_as_klarna_runs_it(demo_db: tuple[str, dict[str, Any]]) -> None:
+    db, result = demo_db
+    ids = {path: UUID(p["payment_id"]) for path, p in by_path(result).items()}
+    with AuditLog.open(db) as log:
+        trails = {path: log.trail(pid) for path, pid in ids.items()}
+        payment = {path: log.get(pid) for path, pid in ids.items()}
+
+    assert {path: [e.event for e in trail] for path, trail in trails.items()} == TRAILS
+    # Tokens are held sealed where the flow leaves them.
+    for path in ("tokenization", "pay-and-tokenize", "tokenization-guard"):
+        assert payment[path].customer_token is not None, path
+    assert payment["express"].session_token is not None  # the token obtained earlier
+    assert payment["token-charge"].is_token_charge
+    assert trails["token-charge"][1].details["call"] == "INITIAL"
+    # Canceled at Klarna first; the lost answer settled by Klarna's notification.
+    assert trails["canceled"][-1].details["at_klarna"] is True
+    assert trails["lost-answer"][-1].cause_kind == "notification"
+    assert trails["step-up"][-1].cause_kind == "command"
+    # Klarna's own expires_at (20 minutes), not the 3-hour default, expired the request.
+    expiring = payment["expired-at-klarna"]
+    assert expiring.request_expires_at - expiring.created_on == timedelta(minutes=20)
+    assert expiring.expiry_reason == "REQUEST_LIFETIME"
+    assert trails["expired-at-klarna"][-1].cause == "expire_overdue"
+    # The window guard: the late authorize recorded the expiry, no call.
+    window = payment["window-elapsed"]
+    assert window.expiry_reason == "AUTHORIZATION_WINDOW"
+    assert window.completed_at is not None
+    assert trails["window-elapsed"][-1].recorded_at > window.completed_at + timedelta(minutes=60)
+    assert result["audit_trail"] == [e.as_dict() for e in trails["step-up"]]
+
+
+def test_demo_json_says_what_happened_and_what_to_do_next(
+    demo_db: tuple[str, dict[str, Any]],
+) -> None:
+    db, result = demo_db
+    payments = by_path(result)
+
+    for path, p in payments.items():
+        assert p["happened"][0] == f"create ({p['flow']}) -> CREATED", path
+        assert p["happened"][-1].endswith(f" -> {SCENARIOS[path]}"), path
+        assert p["next_steps"] == [
+            f"klarna-flow audit {p['payment_id']} --db {db}",
+            f"klarna-flow verify --payment {p['payment_id']} --db {db}",
+        ]
+    assert result["next_steps"] == [f"klarna-flow verify --db {db}"]
+    step_up = payments["step-up"]["happened"]
+    assert "STEP_UP_REQUIRED, customer sent to https://pay.test.klarna.com/" in step_up[1]
+    assert step_up[2].endswith("-> COMPLETED")
+    assert payments["step-up"]["payment_transaction_id"] in step_up[3]
+    assert "PENDING" in payments["lost-answer"]["happened"][3]
+    assert payments["lost-answer"]["happened"][3].endswith("-> AUTHORIZING")
+    assert "(WrongFlow)" in payments["tokenization-guard"]["happened"][-1]
+    assert "(AuthorizationWindowElapsed)" in payments["window-elapsed"]["happened"][-1]
+    # The next steps are commands that run.
+    audit_args = shlex.split(payments["canceled"]["next_steps"][0])[1:]
+    assert [e["event"] for e in as_json(*audit_args)] == TRAILS["canceled"]
+    for command in (payments["canceled"]["next_steps"][1], result["next_steps"][0]):
+        assert as_json(*shlex.split(command)[1:])["ok"] is True
+
+
+def test_demo_shows_and_stores_no_secret(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The API key and every token the fake handed out: in no output, log or stored byte."""
+    db = tmp_path / "demo.sqlite"
+    fake = FakeKlarna(api_key="sk-demo-a1b2c3d4e5f6", clock=ManualClock(datetime.now(UTC)))
+    with caplog.at_level(logging.DEBUG):
+        result = run_demo(db, fake=fake)
+    table = io.StringIO()
+    print_demo(Console(file=table, width=200), result)
+    shown = json.dumps(demo_view(result)) + table.getvalue() + caplog.text
+
+    sent = [r.headers for r in fake.requests]
+    sessions = {
+        h["Klarna-Network-Session-Token"] for h in sent if "Klarna-Network-Session-Token" in h
+    } | set(_session_tokens_handed_out(fake, db, demo_view(result)))
+    customers = {t.customer_token for t in fake.customer_tokens}
+    secrets = {fake.api_key, *sessions, *customers}
+    assert len(sessions) == 5  # four completed requests, one token from earlier (Express)
+    assert len(customers) == 3  # two tokenizations and a pay-and-tokenize
+    assert any(fake.api_key in h["Authorization"] for h in sent)
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    for secret in secrets:
+        assert secret not in shown
+        assert secret.encode() not in stored
+    assert CLEAR_TOKEN.search(shown) is None
+    assert {p["path"]: p["state"] for p in demo_view(result)["payments"]} == SCENARIOS
+
+
+def _session_tokens_handed_out(fake: FakeKlarna, db: Path, result: dict[str, Any]) -> Iterator[str]:
+    """The session tokens of the demo's completed payment requests, as Klarna holds them."""
+    stored = stored_payments(str(db), [p["payment_id"] for p in result["payments"]])
+    for payment in stored.values():
+        if payment.payment_request_id is not None:
+            context = fake.payment_request(payment.payment_request_id)["state_context"]
+            if "klarna_network_session_token" in context:
+                yield context["klarna_network_session_token"]
+
+
+def test_demo_shows_a_path_in_square_brackets_as_it_is(tmp_path: Path) -> None:
+    folder = tmp_path / "[bold]runs"
+    folder.mkdir()
+    db = str(folder / "demo.sqlite")
+
+    out = ok("demo", "--db", db).stdout
+
+    assert f" on {db}: 12 scenarios" in out
+    assert f"next: klarna-flow verify --db {shlex.quote(db)}" in out
+
+
+def test_the_demo_needs_a_fake_with_a_manual_clock(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="ManualClock"):
+        run_demo(tmp_path / "demo.sqlite", fake=FakeKlarna())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_demo_on_postgres_needs_a_key_from_the_environment() -> None:
@@ -195,23 +372,18 @@ def test_demo_on_postgres_needs_a_key_from_the_environment() -> None:
 
 def test_audit_shows_the_timeline(demo_db: tuple[str, dict[str, Any]]) -> None:
     db, result = demo_db
-    payment_id = by_path(result)["approved"]["payment_id"]
+    payment_id = by_path(result)["step-up"]["payment_id"]
 
     table = ok("audit", payment_id, "--db", db).stdout
     entries = as_json("audit", payment_id, "--db", db)
 
     assert "PaymentCreated" in table
     assert "AuthorizationApproved" in table
-    assert [e["event"] for e in entries] == [
-        "PaymentCreated",
-        "PurchaseCompleted",
-        "AuthorizationRequested",
-        "AuthorizationApproved",
-    ]
-    assert entries[1]["cause_kind"] == "notification"
-    assert entries[1]["cause"] in table
-    assert entries[3]["correlation_id"] in table
-    assert entries[1]["details"]["session_token"].startswith("**** (key k-")
+    assert [e["event"] for e in entries] == TRAILS["step-up"]
+    assert entries[3]["cause_kind"] == "notification"
+    assert entries[3]["cause"] in table
+    assert entries[5]["correlation_id"] in table
+    assert entries[3]["details"]["session_token"].startswith("**** (key k-")
     assert UNMASKED_TOKEN.search(table) is None
 
 
@@ -355,7 +527,7 @@ def test_a_store_not_in_wal_mode_is_not_opened_read_only(
 
 def test_history_by_version_and_by_time(demo_db: tuple[str, dict[str, Any]]) -> None:
     db, result = demo_db
-    payment_id = by_path(result)["expired"]["payment_id"]
+    payment_id = by_path(result)["window-elapsed"]["payment_id"]
     trail = as_json("audit", payment_id, "--db", db)
     created = datetime.fromisoformat(trail[0]["recorded_at"])
     expired = datetime.fromisoformat(trail[-1]["recorded_at"])
@@ -366,10 +538,10 @@ def test_history_by_version_and_by_time(demo_db: tuple[str, dict[str, Any]]) -> 
         "history", payment_id, "--at", (created + timedelta(minutes=30)).isoformat(), "--db", db
     )
     last = as_json("history", payment_id, "--at", expired.isoformat(), "--db", db)
-    table = ok("history", payment_id, "--version", "2", "--db", db).stdout
+    table = ok("history", payment_id, "--version", "4", "--db", db).stdout
 
     assert (first["state"], first["version"]) == ("CREATED", 1)
-    assert (middle["state"], middle["version"]) == ("COMPLETED", 2)
+    assert (middle["state"], middle["version"]) == ("COMPLETED", 4)
     assert middle["session_token"].startswith("**** (key k-")
     assert middle["authorize_by"] is not None
     assert (last["state"], last["expiry_reason"]) == ("EXPIRED", "AUTHORIZATION_WINDOW")
@@ -379,7 +551,7 @@ def test_history_by_version_and_by_time(demo_db: tuple[str, dict[str, Any]]) -> 
 
 def test_history_at_a_utc_z_time(demo_db: tuple[str, dict[str, Any]]) -> None:
     db, result = demo_db
-    payment_id = by_path(result)["approved"]["payment_id"]
+    payment_id = by_path(result)["step-up"]["payment_id"]
     now = datetime.now(UTC) + timedelta(days=1)
     view = as_json("history", payment_id, "--at", now.strftime("%Y-%m-%dT%H:%M:%SZ"), "--db", db)
     assert view["state"] == "AUTHORIZED"
@@ -396,14 +568,14 @@ def test_history_at_a_utc_z_time(demo_db: tuple[str, dict[str, Any]]) -> None:
 )
 def test_history_usage_errors(demo_db: tuple[str, dict[str, Any]], args: list[str]) -> None:
     db, result = demo_db
-    payment_id = by_path(result)["approved"]["payment_id"]
+    payment_id = by_path(result)["step-up"]["payment_id"]
     assert run("history", payment_id, *args, "--db", db).exit_code == 2
 
 
 def test_history_refusals(demo_db: tuple[str, dict[str, Any]]) -> None:
     db, result = demo_db
-    payment_id = by_path(result)["approved"]["payment_id"]
-    assert_one_line_error(run("history", payment_id, "--version", "9", "--db", db), 2, "4 events")
+    payment_id = by_path(result)["step-up"]["payment_id"]
+    assert_one_line_error(run("history", payment_id, "--version", "9", "--db", db), 2, "6 events")
     naive = run("history", payment_id, "--at", "2025-01-01T12:00:00", "--db", db)
     assert_one_line_error(naive, 2, "timezone")
     before = run("history", payment_id, "--at", "2000-01-01T00:00:00+00:00", "--db", db)
@@ -434,7 +606,7 @@ def test_export_one_payment_to_a_file(demo_db: tuple[str, dict[str, Any]], tmp_p
 
     lines = [json.loads(line) for line in target.read_text().splitlines()]
     assert lines == result["audit_trail"]
-    assert message == f"7 audit entries written to {target}\n"  # and no progress bar when piped
+    assert message == f"6 audit entries written to {target}\n"  # and no progress bar when piped
 
 
 def test_export_to_an_unwritable_place_is_a_failure(
@@ -453,10 +625,10 @@ def test_verify_a_clean_log(demo_db: tuple[str, dict[str, Any]]) -> None:
     report = as_json("verify", "--db", db)
     assert report["ok"] is True
     assert report["findings"] == []
-    assert report["payments_checked"] == 7
+    assert report["payments_checked"] == len(SCENARIOS)
     assert "OK:" in ok("verify", "--db", db).stdout
     one = as_json("verify", "--payment", by_path(result)["declined"]["payment_id"], "--db", db)
-    assert (one["ok"], one["events_checked"]) == (True, 4)
+    assert (one["ok"], one["events_checked"]) == (True, len(TRAILS["declined"]))
 
 
 def test_verify_names_the_tampered_record(
@@ -491,7 +663,7 @@ def test_verify_names_the_tampered_record(
         "detail": report["findings"][0]["detail"],
     }
     assert run("verify", "--db", str(db), "--json").exit_code == 1
-    other = by_path(result)["approved"]["payment_id"]
+    other = by_path(result)["step-up"]["payment_id"]
     assert run("verify", "--payment", other, "--db", str(db)).exit_code == 0
 
 
@@ -502,11 +674,11 @@ def test_replay_rebuilds_and_counts(demo_db: tuple[str, dict[str, Any]]) -> None
 
     assert table.startswith("replayed ")
     assert replayed["counts"] == {
-        "AUTHORIZED": 3,
-        "DECLINED": 1,
-        "COMPLETED": 1,
+        "AUTHORIZED": 5,
+        "DECLINED": 2,
+        "COMPLETED": 2,
         "CANCELED": 1,
-        "EXPIRED": 1,
+        "EXPIRED": 2,
     }
     assert replayed["events_replayed"] == as_json("verify", "--db", db)["events_checked"]
 
