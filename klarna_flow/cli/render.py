@@ -25,13 +25,10 @@ from klarna_flow._audit.log import AuditEntry, sealed_view
 from klarna_flow._audit.verify import VerificationReport
 from klarna_flow._domain.payment import Payment
 from klarna_flow._store.projections import Progress as ProgressCallback
-from klarna_flow.cli.demo import DemoResult
 
 __all__ = [
     "audit_table",
     "counts_table",
-    "demo_tables",
-    "demo_view",
     "ids_table",
     "outcomes_table",
     "payment_table",
@@ -198,47 +195,3 @@ def ids_table(title: str, ids: Sequence[UUID]) -> Table:
     for payment_id in ids:
         table.add_row(str(payment_id))
     return table
-
-
-def demo_tables(result: DemoResult) -> tuple[Table, Table]:
-    """The summary of a demo run and the audit trail of its step-up payment."""
-    summary = _table(
-        f"demo run {result.run} on {result.db}",
-        "reference",
-        "flow",
-        "state",
-        "transaction id",
-        "payment id",
-    )
-    for p in result.payments:
-        summary.add_row(
-            p.reference,
-            p.flow,
-            p.state,
-            p.payment_transaction_id or "-",
-            str(p.payment_id),
-        )
-    step_up = result.trail[0].payment_id if result.trail else ""
-    trail = audit_table(result.trail, title=f"audit trail of payment {step_up} (step-up)")
-    return summary, trail
-
-
-def demo_view(result: DemoResult) -> dict[str, Any]:
-    """A demo run as plain values (``--json``)."""
-    return {
-        "db": result.db,
-        "run": result.run,
-        "key_file": result.key_file,
-        "payments": [
-            {
-                "path": p.path,
-                "reference": p.reference,
-                "payment_id": str(p.payment_id),
-                "flow": p.flow,
-                "state": p.state,
-                "payment_transaction_id": p.payment_transaction_id,
-            }
-            for p in result.payments
-        ],
-        "audit_trail": [e.as_dict() for e in result.trail],
-    }
