@@ -130,15 +130,17 @@ class BarePayment(Aggregate):
         self.payment_request_url: str | None = None
 
     @classmethod
-    def create(cls, reference: str, now: datetime) -> BarePayment:
+    def create(
+        cls, reference: str, now: datetime, *, amount: int = 11_800, account: str = ACCOUNT
+    ) -> BarePayment:
         return cls._create(
             cls.Created,
             id=uuid4(),
             flow="AUTHORIZATION",
-            amount=11_800,
+            amount=amount,
             currency="EUR",
             reference=reference,
-            partner_account_id=ACCOUNT,
+            partner_account_id=account,
             payment_request_id=None,
             request_expires_at=now + timedelta(hours=3),
             cause="command:create",

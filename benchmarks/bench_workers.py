@@ -2,7 +2,8 @@
 
 Both runs authorize the same number of completed payments against the
 loopback FakeKlarna with 20 ms latency, each on a fresh schema of the
-database named by ``KLARNA_FLOW_TEST_DATABASE_URL``. ratio = throughput with 4
+database named by ``KLARNA_FLOW_BENCH_DATABASE_URL`` (else
+``KLARNA_FLOW_TEST_DATABASE_URL``). ratio = throughput with 4
 processes / throughput with 1 (goal >= 2.5).
 """
 
@@ -13,6 +14,7 @@ import time
 import uuid
 
 from benchmarks._harness import report
+from benchmarks.bench_pg import database_url
 from examples.postgres_workers import (
     WorkerConfig,
     completed_payments,
@@ -59,9 +61,13 @@ def _run(url: str, processes: int) -> float:
 
 
 def workers_scaling() -> None:
-    url = os.environ.get("KLARNA_FLOW_TEST_DATABASE_URL")
+    url = database_url()
     if not url:
-        print("BENCH workers_scaling skipped: KLARNA_FLOW_TEST_DATABASE_URL is not set")
+        print(
+            "BENCH workers_scaling skipped: no PostgreSQL configured "
+            "(set KLARNA_FLOW_BENCH_DATABASE_URL or KLARNA_FLOW_TEST_DATABASE_URL)",
+            flush=True,
+        )
         return
     one = _run(url, 1)
     four = _run(url, 4)
