@@ -33,6 +33,7 @@ next process that creates the tables adds the function.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, cast
 from uuid import UUID
@@ -47,6 +48,8 @@ from psycopg.sql import SQL, Identifier, Literal
 from klarna_flow._store.heads import last_versions
 
 __all__ = ["PostgresHeadsRecorder"]
+
+logger = logging.getLogger("klarna_flow")
 
 
 class PostgresHeadsRecorder(PostgresApplicationRecorder):
@@ -135,6 +138,14 @@ class PostgresHeadsRecorder(PostgresApplicationRecorder):
             return None
         if self._in_one_statement is None:
             self._in_one_statement = self._function_exists()
+            if not self._in_one_statement:
+                logger.warning(
+                    "%s.%s is missing (the store was created by an older release): saves "
+                    "use eventsourcing's transaction, slower with many workers; open the "
+                    "store once with its tables created (CREATE_TABLE, the default) to add it",
+                    self.datastore.schema,
+                    self.insert_function_name,
+                )
         if not self._in_one_statement:
             return cast("Sequence[int] | None", super().insert_events(stored_events, **kwargs))
         return cast("list[int]", self._insert_in_one_statement(stored_events))

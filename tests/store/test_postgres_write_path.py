@@ -113,7 +113,7 @@ def test_a_lost_race_writes_neither_events_nor_head(pg_schema: str) -> None:
 
 
 def test_a_store_without_the_insert_function_is_written_as_before_until_it_is_added(
-    pg_schema: str,
+    pg_schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cipher = TokenCipher.ephemeral()
     setup = _open(pg_schema, cipher)
@@ -126,6 +126,7 @@ def test_a_store_without_the_insert_function_is_written_as_before_until_it_is_ad
     payment_id = _create(old, "before-the-function")
     old.complete(payment_id, session_token=TOKEN)
     assert _recorder(old)._in_one_statement is False
+    assert "payments_events_insert is missing" in caplog.text
     assert _head(pg_schema, payment_id) == 2
     stale = old.get(payment_id)
 
