@@ -1,6 +1,7 @@
 """The payment index's table: its columns, and bringing an older table up to them.
 
-Stores written before a column existed keep working: :func:`missing_columns`
+It also has secondary indexes (:data:`SECONDARY`), which :func:`indexed`
+finds. Stores written before a column existed keep working: :func:`missing_columns`
 says which columns a table lacks, :func:`add_columns` adds them (one writer at
 a time) and moves the read model's position back to 0, so the next catch-up
 replays the log and fills the new columns of every row. Until then a reader
@@ -17,6 +18,7 @@ __all__ = [
     "LATER_COLUMNS",
     "SECONDARY",
     "add_columns",
+    "indexed",
     "missing_columns",
     "selected",
     "table_columns",
@@ -58,6 +60,21 @@ SECONDARY = (
     ("state", "state"),
     ("request", "payment_request_id"),
 )
+
+
+def indexed(c: Any, table: str, *, sqlite: bool) -> bool:
+    """True when ``table`` has all its secondary indexes (a rebuild drops them
+    while it writes, and one stopped half way leaves them out)."""
+    schema, _, name = table.rpartition(".")
+    if sqlite:
+        c.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (name,))
+    else:
+        c.execute(
+            "SELECT indexname AS name FROM pg_indexes WHERE schemaname = %s AND tablename = %s",
+            (schema or "public", name),
+        )
+    present = {str(r["name"]) for r in c.fetchall()}
+    return all(f"{name}_{suffix}" in present for suffix, _ in SECONDARY)
 
 
 def selected(present: frozenset[str]) -> str:

@@ -5,21 +5,25 @@ per payment (state, flow, deadlines, version), from which the expiry sweep,
 reconcile and the state counts are answered without scanning payments. It
 reads stored records through :mod:`klarna_flow._store.codec`, never decoding
 a whole event: the row needs a handful of fields. Catching up applies
-:func:`project` event by event (payloads read as JSON); a rebuild folds the
-whole log first and reads each row's fields once, in place, which keeps it
-close to the raw read rate. ``tests/test_store_codec.py`` keeps the two equal.
+:func:`project` event by event (payloads read as JSON); a rebuild streams the
+log through a window that folds each payment's records and reads each row's
+fields once, in place, which keeps it close to the raw read rate, in memory
+that does not grow with the log. ``tests/test_store_codec.py`` and
+``tests/store/test_replay_streaming.py`` keep the two equal.
 Updates are tracked (see :mod:`klarna_flow._store.read_models`), so each event
 is applied exactly once, whichever worker applies it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import attrs
+import msgspec
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
@@ -27,29 +31,37 @@ from klarna_flow._domain.lifecycle import AUTHORIZATION_WINDOW
 from klarna_flow._domain.payment import EVENT_STATES, Payment
 from klarna_flow._store.codec import (
     DIGEST_SIZE,
+    TYPED,
     event_name,
     fields,
     seconds,
     seconds_field,
     text_field,
 )
-from klarna_flow._store.read_models import IndexRow, ReadModelStore, RowValues, SQLIndex, as_uuid
+from klarna_flow._store.read_models import (
+    EventLog,
+    IndexRow,
+    LogRecord,
+    ReadModelStore,
+    RowValues,
+    SQLIndex,
+    as_uuid,
+)
 
 __all__ = ["PaymentIndex"]
 
-_WINDOW = AUTHORIZATION_WINDOW.total_seconds()
+_WINDOW_SECONDS = AUTHORIZATION_WINDOW.total_seconds()
 # The state each event leaves a payment in, as the read model stores it.
 _STATE_OF = {name: state.value for name, state in EVENT_STATES.items() if state is not None}
 # The payload fields a row is made of, besides the event's time.
 _ROW_FIELDS = frozenset(
     {"flow", "payment_request_id", "request_expires_at", "completed_at", "payment_transaction_id"}
 )
-_BATCH = 2000
+_BATCH = 2000  # records per read of the log
+_WINDOW = 40_000  # records a rebuild folds between two writes of rows
 _CACHE_LIMIT = 200_000
 
 Progress = Callable[[int, int], None]
-LogRecord = tuple[int, Any, int, str, bytes]
-"""(notification id, originator id, version, topic, stored state) of one record."""
 
 
 def _declared(event: type) -> frozenset[str]:
@@ -122,7 +134,7 @@ def _read_in_full(previous: IndexRow, n: Notification, kind: str, state: str) ->
     since = previous.since if state == previous.state else seconds(payload["timestamp"])
     request_expires_at, authorize_by = previous.request_expires_at, previous.authorize_by
     if kind == "PurchaseCompleted" and previous.flow != "TOKENIZATION":
-        authorize_by = seconds(payload["completed_at"]) + _WINDOW
+        authorize_by = seconds(payload["completed_at"]) + _WINDOW_SECONDS
     if kind == "StepUpRequired":
         request_expires_at = seconds(payload["request_expires_at"])
         authorize_by = None
@@ -201,157 +213,257 @@ class PaymentIndex:
     def rebuild(self, *, progress: Progress | None = None) -> int:
         """Drop the read models and rebuild them from the whole notification log.
 
-        A rebuild folds the log in memory, reading only the few fields the
-        final rows need, and writes every row in one transaction; past
-        ``_CACHE_LIMIT`` payments it writes what it has and catches up the rest.
+        Streams: the log is read a page at a time and folded per payment,
+        reading only the few fields the rows need; every ``_WINDOW`` records
+        the rows of the payments they touched are written, with the position
+        they reach, in one transaction (so a rebuild stopped half way leaves
+        read models that a catch-up continues, or a rebuild starts again).
+        On an SQL store each write runs in a thread while the next window is
+        folded. Memory holds two windows' payments and one window's rows,
+        whatever the length of the log.
         """
         self.store.clear()
-        fold = _Fold()
-        position = 0
+        log = EventLog.of(self.recorder)  # SQL stores: read leaner than through the recorder
+        read = self._read_log if log is None else log.page
         total = (self.recorder.max_notification_id() or 0) if progress else 0
-        # A store beside the events reads the log itself, leaner than the recorder.
-        store = self.store
-        read = store.read_log if isinstance(store, SQLIndex) and store.reads_log else self._read_log
-        while len(fold) < _CACHE_LIMIT:
-            batch = read(position, _BATCH)
-            if not batch:
-                break
-            fold.add(batch)
-            position = batch[-1][0]
-            if progress:
-                progress(position, total)
-        if not self.store.load(fold.values(), expected=0, position=position):
-            return self.catch_up(progress=progress)  # a worker caught up meanwhile
-        return fold.events + self.catch_up(progress=progress)
+        with _Writes(self, threaded=isinstance(self.store, SQLIndex)) as writes:
+            window = _Window(self.store, before_lookup=writes.wait)
+            written = position = 0
+            while batch := read(position, _BATCH):
+                window.add(batch)
+                position = batch[-1][0]
+                if window.events >= _WINDOW:
+                    values, events = window.values(), window.events
+                    if not writes.write(values, written, position, events, last=False):
+                        break  # a worker went ahead: it is followed below
+                    written = position
+                    window.written()
+                if progress:
+                    progress(position, total)
+            else:
+                writes.write(window.values(), written, position, window.events, last=True)
+        return writes.applied + self.catch_up(progress=progress)
+
+    def _load(self, values: list[RowValues], expected: int, position: int, *, last: bool) -> bool:
+        """One write of a rebuild (an SQL store defers its secondary indexes to the last)."""
+        if isinstance(self.store, SQLIndex):
+            return self.store.load(values, expected=expected, position=position, last=last)
+        return self.store.load(values, expected=expected, position=position)
+
+
+class _CreatedTerms(msgspec.Struct):
+    """The fields a row takes from a PaymentCreated payload, decoded as plain
+    JSON (as :func:`fields` decodes them; the others are skipped unread)."""
+
+    timestamp: Any
+    request_expires_at: Any
+    flow: Any = None
+    amount: Any = None
+    currency: Any = None
+    reference: Any = None
+    payment_request_id: Any = None
+
+
+_CREATED_TERMS = msgspec.json.Decoder(_CreatedTerms)
+# A typed record starts with its event's time.
+_TYPED_TIME = TYPED + b'{"timestamp":"'
+_TIME_AT = DIGEST_SIZE + len(_TYPED_TIME)
+_COMPLETED_AT = b'"completed_at":"'
+
+Terms = tuple[Any, Any, Any, Any, float, float | None, Any]
+"""(flow, amount, currency, reference, created at, request expiry, payment
+request id) of a PaymentCreated record."""
+
+
+def _iso_seconds(text: bytes) -> float:
+    return datetime.fromisoformat(text.decode()).timestamp()
+
+
+def _created_terms(created: bytes) -> Terms:
+    """Every field a row takes from a payment's PaymentCreated record, in either format."""
+    start = DIGEST_SIZE + 1 if created.startswith(TYPED, DIGEST_SIZE) else DIGEST_SIZE
+    try:
+        t = _CREATED_TERMS.decode(memoryview(created)[start:])
+    except msgspec.MsgspecError:  # what only Python's JSON reads, or a field missing
+        payload = fields(created)
+        t = _CreatedTerms(payload["timestamp"], payload["request_expires_at"])
+        for name in ("flow", "amount", "currency", "reference", "payment_request_id"):
+            setattr(t, name, payload.get(name))
+    created_at = seconds(t.timestamp)
+    expires = seconds(t.request_expires_at)
+    return (t.flow, t.amount, t.currency, t.reference, created_at, expires, t.payment_request_id)
+
+
+def _time(stored: bytes) -> float:
+    """The event's time, as :func:`seconds_field` reads it."""
+    if stored.startswith(_TYPED_TIME, DIGEST_SIZE):
+        end = stored.find(b'"', _TIME_AT)
+        if end > 0:
+            return _iso_seconds(stored[_TIME_AT:end])
+    return seconds_field(stored, "timestamp")
+
+
+def _completed_at(stored: bytes) -> float:
+    """A PurchaseCompleted record's ``completed_at``, as :func:`seconds_field` reads it."""
+    if stored.startswith(TYPED, DIGEST_SIZE):
+        at = stored.find(_COMPLETED_AT, DIGEST_SIZE)
+        if at >= 0:
+            start = at + len(_COMPLETED_AT)
+            end = stored.find(b'"', start)
+            if end > 0:
+                return _iso_seconds(stored[start:end])
+    return seconds_field(stored, "completed_at")
 
 
 class _Folded:
-    """One payment's records, as far as its row needs them."""
+    """One payment's records, as far as its row needs them.
+
+    Holds the records that set the row's fields, read when the row is wanted
+    (:meth:`row`). Once a row is written, :meth:`settle` keeps its values
+    instead of the records, so a payment folded on in the next window holds
+    only the records that came since.
+    """
 
     __slots__ = (
+        "authorize_by",
         "changed",
         "completed",
         "created",
         "naming",
         "payment_id",
         "renewed",
+        "since",
         "state",
+        "terms",
         "transacting",
+        "transaction",
         "version",
     )
 
     def __init__(self, payment_id: Any, created: bytes, version: int) -> None:
-        self.payment_id = payment_id  # as stored: a UUID or its text
-        self.created = created  # the flow and the first request lifetime
+        self.payment_id = payment_id  # as stored: a UUID or its hex digits
+        self.created: bytes | None = created  # read once, into `terms`
+        self.terms: Terms | None = None
         self.state = "CREATED"
         self.version = version
-        self.changed = created  # the record that last changed the state: its time is `since`
+        self.changed: bytes | None = None  # the record that last changed the state: its
+        self.since: float | None = None  # time is `since` (else this one, else creation's)
         self.completed: bytes | None = None  # the last completion, unless a step-up followed
-        self.renewed: bytes | None = None  # the last step-up: its request lifetime counts
-        self.naming = [created]  # records that may name the payment request, oldest first
+        self.authorize_by: float | None = None  # (else this deadline)
+        self.renewed: bytes | None = None  # the last record naming a new request lifetime
+        self.naming: list[bytes] = []  # later records that may name the payment request
         self.transacting: list[bytes] = []  # records that set the transaction id, oldest first
+        self.transaction: str | None = None  # (if none holds one, this id)
 
     def row(self) -> RowValues:
         """The row, as folding :func:`project` over the same records makes it."""
-        created = self.created
-        flow, amount, currency, reference = _terms(created)
-        created_at = seconds_field(created, "timestamp")
-        request_expires_at = seconds_field(self.renewed or created, "request_expires_at")
-        authorize_by = None
+        terms = self.terms
+        if terms is None:
+            assert self.created is not None
+            terms = self.terms = _created_terms(self.created)
+            self.created = None
+        flow, amount, currency, reference, created_at, expires, request = terms
+        if self.renewed is not None:
+            expires = seconds_field(self.renewed, "request_expires_at")
+        authorize_by = self.authorize_by
         if self.completed is not None and flow != "TOKENIZATION":
-            authorize_by = seconds_field(self.completed, "completed_at") + _WINDOW
-        since = created_at if self.changed is created else seconds_field(self.changed, "timestamp")
+            authorize_by = _completed_at(self.completed) + _WINDOW_SECONDS
+        changed = self.changed
+        if changed is not None:
+            since = _time(changed)
+        else:
+            since = created_at if self.since is None else self.since
         return (
             self.payment_id,
             self.state,
             flow,
             self.version,
             since,
-            request_expires_at,
+            expires,
             authorize_by,
-            _last_named(self.naming, "payment_request_id"),
+            _last_named(self.naming, "payment_request_id", request) if self.naming else request,
             reference,
             amount,
             currency,
             created_at,
-            _last_named(self.transacting, "payment_transaction_id"),
+            _last_named(self.transacting, "payment_transaction_id", self.transaction)
+            if self.transacting
+            else self.transaction,
         )
 
-
-# PaymentCreated's terms as its records hold them (fields in declared order, no
-# escape in the strings): one search instead of four reads. A quote inside a
-# string is escaped, so ``"flow":"`` can only match the key. Anything else is
-# read field by field.
-_TERMS = re.compile(
-    rb'"flow":"([^"\\]*)","amount":(\d+),"currency":"([^"\\]*)","reference":"([^"\\]*)"'
-)
-
-
-def _terms(created: bytes) -> tuple[Any, Any, Any, Any]:
-    """(flow, amount, currency, reference) of a PaymentCreated record."""
-    found = _TERMS.search(created, DIGEST_SIZE)
-    if found is not None:
-        flow, amount, currency, reference = found.groups()
-        return flow.decode(), int(amount), currency.decode(), reference.decode()
-    return (
-        text_field(created, "flow"),
-        _int_field(created, "amount"),
-        text_field(created, "currency"),
-        text_field(created, "reference"),
-    )
+    def settle(self, row: RowValues) -> None:
+        """Keep the values of ``row`` (this payment's, written) instead of the
+        records they were read from."""
+        terms = self.terms
+        assert terms is not None
+        self.terms = (*terms[:5], row[5], row[7])
+        self.since, self.changed = row[4], None
+        self.authorize_by, self.completed = row[6], None
+        self.renewed = None
+        self.transaction = row[12]
+        if self.naming:
+            self.naming = []
+        if self.transacting:
+            self.transacting = []
 
 
-def _int_field(state: bytes, name: str) -> Any:
-    """A top-level integer field read in place, as :func:`fields` would give it
-    (whatever the JSON holds, should it hold something else)."""
-    pattern = b'"' + name.encode() + b'":'
-    at = state.find(pattern, DIGEST_SIZE)
-    if at >= 0:
-        start = end = at + len(pattern)
-        while end < len(state) and 48 <= state[end] <= 57:  # ASCII digits
-            end += 1
-        if end > start and state[end : end + 1] in {b",", b"}"}:
-            return int(state[start:end])
-    return fields(state).get(name)
-
-
-def _last_named(records: Sequence[bytes], name: str) -> Any:
-    """The field ``name`` of the newest record that holds a value for it, else None."""
+def _last_named(records: Sequence[bytes], name: str, default: Any) -> Any:
+    """The field ``name`` of the newest record that holds a value for it, else ``default``."""
     for stored in reversed(records):
         value = text_field(stored, name)
         if value is not None:
             return value
-    return None
+    return default
 
 
 def _names_expiry(stored: bytes) -> bool:
     return fields(stored).get("request_expires_at") is not None
 
 
-class _Fold:
-    """The whole log folded per payment, keeping only the records rows are made of.
+def _projected(row: IndexRow, record: LogRecord) -> IndexRow:
+    """:func:`project` of one record on the row before it."""
+    position, oid, version, topic, stored = record
+    after = project(row, Notification(oid, version, topic, stored, position))
+    assert after is not None  # only a creation starts a row, and a row was given
+    return after
 
-    Reads no payload while folding: each row's few fields are read once, at
-    the end, from the records that last set them.
+
+class _Window:
+    """A stretch of the log folded per payment, between two writes of rows.
+
+    Each payment is folded from its creation (:class:`_Folded`, no payload
+    read until its row is wanted). At a write the folded payments stay in
+    memory one window more, so a payment whose events straddle a write goes
+    on folding; one created earlier still is followed from its stored row,
+    event by event (:func:`project`), as a catch-up follows it. Memory
+    holds the payments of two windows, not of the log.
     """
 
-    def __init__(self) -> None:
-        self._acc: dict[UUID | str, _Folded] = {}
+    def __init__(self, store: ReadModelStore, *, before_lookup: Callable[[], object]) -> None:
+        self.store = store
+        self.before_lookup = before_lookup  # the rows written so far are there to read after it
+        self.folded: dict[Any, _Folded] = {}  # touched since the last write
+        self.kept: dict[Any, _Folded] = {}  # written at the last write, still folding
+        self.followed: dict[Any, IndexRow] = {}  # created before those, touched since
+        self.followed_kept: dict[Any, IndexRow] = {}
+        self.unknown: set[Any] = set()  # events of a payment whose creation was not seen
         self.events = 0
 
-    def __len__(self) -> int:
-        return len(self._acc)
-
     def add(self, batch: Sequence[LogRecord]) -> None:
-        acc, state_of = self._acc, _STATE_OF
+        folded, state_of = self.folded, _STATE_OF
         read_in_full, naming, transacting = _READ_IN_FULL, _MAY_NAME_REQUEST, _SETS_TRANSACTION
-        for _, oid, version, topic, stored in batch:
+        others: list[LogRecord] = []
+        for record in batch:
+            _, oid, version, topic, stored = record
             kind = event_name(topic)
             if kind == "PaymentCreated":
-                acc[oid] = _Folded(oid, stored, version)
+                folded[oid] = _Folded(oid, stored, version)
+                if self.followed or self.followed_kept or self.unknown:
+                    self._forget(oid)
                 continue
-            a = acc.get(oid)
-            if a is None:  # events of a payment whose creation was not seen
+            a = folded.get(oid) or self._resumed(oid)
+            if a is None:  # created before the last window, or never
+                others.append(record)
                 continue
             a.version = version
             state = state_of.get(kind)
@@ -365,10 +477,117 @@ class _Fold:
                 if kind == "PurchaseCompleted":
                     a.completed = stored
                 elif kind == "StepUpRequired":
-                    a.completed, a.renewed = None, stored
+                    a.completed, a.authorize_by, a.renewed = None, None, stored
                 elif kind == "PaymentRequestReported" and _names_expiry(stored):
                     a.renewed = stored  # Klarna named a new deadline for the request
+        if others:
+            self._follow(others)
         self.events += len(batch)
 
+    def _resumed(self, oid: Any) -> _Folded | None:
+        """A payment folded in the window before, folded on in this one."""
+        a = self.kept.pop(oid, None)
+        if a is not None:
+            self.folded[oid] = a
+        return a
+
+    def _forget(self, oid: Any) -> None:
+        """A creation starts the payment over: what was known of it goes."""
+        self.followed.pop(oid, None)
+        self.followed_kept.pop(oid, None)
+        self.unknown.discard(oid)
+
+    def _follow(self, records: Sequence[LogRecord]) -> None:
+        """Apply records of payments created before the window, in log order,
+        to their rows (read from the store once per window)."""
+        pending: dict[Any, list[LogRecord]] = {}
+        for record in records:
+            oid = record[1]
+            if oid in self.folded:  # created later in the same page: these came before it
+                continue
+            row = self.followed.get(oid)
+            if row is None:
+                row = self.followed_kept.pop(oid, None)
+            if row is not None:
+                self.followed[oid] = _projected(row, record)
+            elif oid not in self.unknown:
+                pending.setdefault(oid, []).append(record)
+        if not pending:
+            return
+        ids = {oid: as_uuid(oid) for oid in pending}
+        self.before_lookup()
+        stored = self.store.rows(ids.values())
+        for oid, waiting in pending.items():
+            found = stored.get(ids[oid])
+            if found is None:
+                self.unknown.add(oid)
+                continue
+            for record in waiting:
+                found = _projected(found, record)
+            self.followed[oid] = found
+
     def values(self) -> list[RowValues]:
-        return [a.row() for a in self._acc.values()]
+        """The rows of every payment touched since the last write."""
+        values = []
+        for a in self.folded.values():
+            row = a.row()
+            a.settle(row)
+            values.append(row)
+        values += [row.values() for row in self.followed.values()]
+        return values
+
+    def written(self) -> None:
+        """The rows are stored: start the next window."""
+        self.kept, self.folded = self.folded, {}
+        self.followed_kept, self.followed = self.followed, {}
+        self.unknown.clear()
+        self.events = 0
+
+
+class _Writes:
+    """A rebuild's writes of rows, in log order, one at a time: each (but the
+    last) runs in a thread of its own while the next window is folded, when
+    ``threaded``. A write that finds the position moved (a worker caught up
+    meanwhile) ends the writes; ``applied`` counts the events written."""
+
+    def __init__(self, index: PaymentIndex, *, threaded: bool) -> None:
+        self.index = index
+        self.pool = ThreadPoolExecutor(1, "klarna-flow-rebuild") if threaded else None
+        self.pending: Future[bool] | None = None
+        self.pending_events = 0
+        self.applied = 0
+        self.failed = False
+
+    def __enter__(self) -> _Writes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)  # a write under way finishes (or fails) whole
+
+    def wait(self) -> bool:
+        """Wait for the write under way; False once a write found another ahead."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self._done(pending.result(), self.pending_events)
+        return not self.failed
+
+    def _done(self, ok: bool, events: int) -> None:
+        if ok:
+            self.applied += events
+        else:
+            self.failed = True
+
+    def write(
+        self, values: list[RowValues], expected: int, position: int, events: int, *, last: bool
+    ) -> bool:
+        """Write ``values`` moving the position from ``expected``; False if a
+        write (this one, or the one before) found the position moved."""
+        if not self.wait():
+            return False
+        if self.pool is None or last:
+            self._done(self.index._load(values, expected, position, last=last), events)
+            return not self.failed
+        self.pending_events = events
+        self.pending = self.pool.submit(self.index._load, values, expected, position, last=last)
+        return True

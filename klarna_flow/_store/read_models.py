@@ -6,10 +6,15 @@ state (reconcile, ``klarna-flow`` listings) and counts by state. A tracking
 row records the last notification applied; an update moves it forward only
 from the position it was computed from, so each event is applied exactly once
 even when several workers catch up at the same time.
+
+:class:`EventLog` reads the events table itself, leaner than eventsourcing's
+recorder (plain tuples, ids as stored): a rebuild and a verification read the
+whole log through it a page at a time, and look a few payments up in it.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -17,6 +22,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import attrs
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from klarna_flow._store.index_schema import (
     COLUMNS,
@@ -24,11 +30,24 @@ from klarna_flow._store.index_schema import (
     LATER_COLUMNS,
     SECONDARY,
     add_columns,
+    indexed,
     selected,
     table_columns,
 )
 
-__all__ = ["IndexRow", "MemoryIndex", "ReadModelStore", "RowValues", "SQLIndex", "as_uuid"]
+__all__ = [
+    "EventLog",
+    "IndexRow",
+    "LogRecord",
+    "MemoryIndex",
+    "ReadModelStore",
+    "RowValues",
+    "SQLIndex",
+    "as_uuid",
+]
+
+LogRecord = tuple[int, Any, int, str, bytes]
+"""(notification id, originator id, version, topic, stored state) of one record."""
 
 RowValues = tuple[
     Any,
@@ -203,6 +222,174 @@ class _Datastore(Protocol):
     def transaction(self, *, commit: bool) -> AbstractContextManager[Any]: ...
 
 
+_LOOKUP_CHUNK = 500  # ids per lookup statement
+
+
+def _plain(c: Any) -> Any:
+    """The DB-API cursor under eventsourcing's, set to return plain tuples
+    (sqlite3.Row and psycopg's dict rows cost more than reading the rows)."""
+    raw = getattr(c, "sqlite_cursor", None)  # eventsourcing's SQLite cursor wraps sqlite3's
+    if isinstance(raw, sqlite3.Cursor):
+        raw.row_factory = None
+        return raw
+    from psycopg.rows import tuple_row  # noqa: PLC0415  (the postgres extra)
+
+    c.row_factory = tuple_row
+    return c
+
+
+class EventLog:
+    """Lean reads of eventsourcing's events table, on SQLite or PostgreSQL.
+
+    Rows stay tuples, and a payment id is its 32 lowercase hex digits on both
+    stores (as SQLite's events table keeps it; PostgreSQL converts its uuid
+    in the query): cheap to hash, compare and key a row by. Nothing is held
+    between calls. Get one with :meth:`of`; None means a store read through
+    its recorder (in memory).
+
+    Args:
+        datastore: eventsourcing's datastore of the events table.
+        events: the events table (schema-qualified on PostgreSQL).
+        position: the notification id's column (``rowid`` on SQLite).
+        sqlite: True for SQLite, False for PostgreSQL.
+        heads: the chain heads table beside it (see ``heads.py``), if any.
+    """
+
+    def __init__(
+        self,
+        datastore: _Datastore,
+        *,
+        events: str,
+        position: str,
+        sqlite: bool,
+        heads: str | None = None,
+    ) -> None:
+        self._ds = datastore
+        self._events = events
+        self._position = position
+        self._sqlite = sqlite
+        self._heads = heads
+        self._p = p = "?" if sqlite else "%s"
+        self._id = "originator_id" if sqlite else "replace(originator_id::text, '-', '')"
+        self._page = (
+            f"SELECT {position}, {self._id}, originator_version, topic, state FROM {events} "
+            f"WHERE {position} > {p} ORDER BY {position} LIMIT {p}"
+        )
+
+    @classmethod
+    def of(cls, recorder: object) -> EventLog | None:
+        """The events table of an SQL recorder of payments; None for another recorder."""
+        heads = getattr(recorder, "heads_table_name", None)
+        if isinstance(recorder, SQLiteApplicationRecorder):
+            if recorder.datastore.originator_id_type != "uuid":
+                return None
+            table = recorder.events_table_name
+            return cls(recorder.datastore, events=table, position="rowid", sqlite=True, heads=heads)
+        try:
+            from eventsourcing.postgres import PostgresApplicationRecorder  # noqa: PLC0415
+        except ImportError:  # pragma: no cover - without the postgres extra
+            return None
+        if isinstance(recorder, PostgresApplicationRecorder):
+            datastore = recorder.datastore
+            if datastore.originator_id_type != "uuid":
+                return None
+            schema = datastore.schema
+            return cls(
+                datastore,
+                events=f"{schema}.{recorder.events_table_name}",
+                position="notification_id",
+                sqlite=False,
+                heads=None if heads is None else f"{schema}.{heads}",
+            )
+        return None
+
+    def page(self, after: int, limit: int) -> list[LogRecord]:
+        """The next ``limit`` records of the notification log after position ``after``."""
+        with self._ds.transaction(commit=False) as c:
+            cursor = _plain(c)
+            cursor.execute(self._page, (after, limit))
+            rows: list[LogRecord] = cursor.fetchall()
+            return rows
+
+    def _in(self, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        """A condition on the originator id being one of ``ids``, and its parameters."""
+        if self._sqlite:
+            return f"originator_id IN ({', '.join([self._p] * len(ids))})", list(ids)
+        return "originator_id = ANY(%s::uuid[])", [list(ids)]
+
+    def latest_before(self, ids: Iterable[str], before: int) -> dict[str, tuple[int, Any, int]]:
+        """(version, digest as stored, position) of each payment's record that
+        comes last in the log before position ``before``; payments without one
+        are left out."""
+        found: dict[str, tuple[int, Any, int]] = {}
+        wanted = list(ids)
+        for start in range(0, len(wanted), _LOOKUP_CHUNK):
+            condition, params = self._in(wanted[start : start + _LOOKUP_CHUNK])
+            with self._ds.transaction(commit=False) as c:
+                cursor = _plain(c)
+                cursor.execute(
+                    f"SELECT {self._id}, originator_version, substr(state, 1, 32), "
+                    f"{self._position} FROM {self._events} "
+                    f"WHERE {condition} AND {self._position} < {self._p}",
+                    (*params, before),
+                )
+                for oid, version, digest, position in cursor.fetchall():
+                    known = found.get(oid)
+                    if known is None or position > known[2]:
+                        found[oid] = (version, digest, position)
+        return found
+
+    def last_versions(self, ids: Iterable[str]) -> dict[str, int]:
+        """Each payment's highest stored version (payments with none are left out)."""
+        found: dict[str, int] = {}
+        wanted = list(ids)
+        for start in range(0, len(wanted), _LOOKUP_CHUNK):
+            condition, params = self._in(wanted[start : start + _LOOKUP_CHUNK])
+            with self._ds.transaction(commit=False) as c:
+                cursor = _plain(c)
+                cursor.execute(
+                    f"SELECT {self._id}, MAX(originator_version) FROM {self._events} "
+                    f"WHERE {condition} GROUP BY originator_id",
+                    params,
+                )
+                found.update((oid, int(version)) for oid, version in cursor.fetchall())
+        return found
+
+    def has_heads(self) -> bool:
+        """True when the store keeps chain heads (a store opened read-only
+        before its first writer added the table has none)."""
+        if self._heads is None:
+            return False
+        with self._ds.transaction(commit=False) as c:
+            cursor = _plain(c)
+            if self._sqlite:
+                cursor.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self._heads,)
+                )
+            else:
+                cursor.execute("SELECT 1 WHERE to_regclass(%s) IS NOT NULL", (self._heads,))
+            return cursor.fetchone() is not None
+
+    def ahead_of_log(self) -> list[tuple[str, int]]:
+        """(payment, head version) of every chain head above the payment's last
+        stored version (0 when none is stored): the log lost its last events.
+
+        Heads and events are read in one statement, so a save cannot fall
+        between the two; the database compares them, one index probe per head.
+        """
+        assert self._heads is not None, "ahead_of_log needs the heads table (see has_heads)"
+        head_id = "h.originator_id" if self._sqlite else "replace(h.originator_id::text, '-', '')"
+        with self._ds.transaction(commit=False) as c:
+            cursor = _plain(c)
+            cursor.execute(
+                f"SELECT {head_id}, h.originator_version FROM {self._heads} h "
+                "WHERE h.originator_version > COALESCE((SELECT MAX(e.originator_version) "
+                f"FROM {self._events} e WHERE e.originator_id = h.originator_id), 0) "
+                "ORDER BY h.originator_id"
+            )
+            return [(oid, int(version)) for oid, version in cursor.fetchall()]
+
+
 class SQLIndex:
     """Read models in SQL tables, through eventsourcing's own datastore.
 
@@ -214,7 +401,8 @@ class SQLIndex:
         create: create the tables if missing (eventsourcing's ``CREATE_TABLE``;
             workers that start together should leave this to one setup step).
         log: (events table, position column) of the event store in the same
-            database, which a rebuild then reads directly (see :meth:`read_log`).
+            database, which :meth:`read_log` reads directly (a rebuild reads
+            the log through :class:`EventLog`, from the recorder).
     """
 
     def __init__(
@@ -234,6 +422,7 @@ class SQLIndex:
         self._p = placeholder
         self._sqlite = placeholder == "?"
         self._present: frozenset[str] | None = None  # the table's columns, once read
+        self._indexed: bool | None = None  # the secondary indexes are there; None: not known
         if create:
             self._create_tables()
 
@@ -277,31 +466,14 @@ class SQLIndex:
         self._present = None
         self._columns()
 
-    def read_log(self, after: int, limit: int) -> list[tuple[int, Any, int, str, bytes]]:
-        """The next records of the notification log after position ``after``.
-
-        A lean read of eventsourcing's events table (the columns every
-        recorder of 9.x writes), for rebuilds: rows stay tuples, and ids stay
-        as stored until a row needs them.
-        """
+    def read_log(self, after: int, limit: int) -> list[LogRecord]:
+        """The next records of the notification log after position ``after``
+        (see :class:`EventLog`; ids are 32 hex digits)."""
         assert self._log is not None, "read_log needs the events table (log=)"
         table, position = self._log
-        with self._ds.transaction(commit=False) as c:
-            c.execute(
-                f"SELECT {position} AS position, originator_id, originator_version, topic, state "
-                f"FROM {table} WHERE {position} > {self._p} ORDER BY {position} LIMIT {self._p}",
-                (after, limit),
-            )
-            return [
-                (
-                    r["position"],
-                    r["originator_id"],
-                    r["originator_version"],
-                    r["topic"],
-                    bytes(r["state"]),
-                )
-                for r in c.fetchall()
-            ]
+        return EventLog(self._ds, events=table, position=position, sqlite=self._sqlite).page(
+            after, limit
+        )
 
     def position(self) -> int:
         """The last notification applied; 0 while the table lacks later columns
@@ -335,7 +507,22 @@ class SQLIndex:
         values = [r.values() for r in rows.values()]
         return self.load(values, expected=expected, position=position)
 
-    def load(self, values: Sequence[RowValues], *, expected: int, position: int) -> bool:
+    def load(
+        self,
+        values: Sequence[RowValues],
+        *,
+        expected: int,
+        position: int,
+        last: bool | None = None,
+    ) -> bool:
+        """:meth:`apply` for rows given as plain values.
+
+        ``last`` marks the loads of a rebuild: False for each but the last,
+        True for the last. The secondary indexes, dropped by :meth:`clear`,
+        are made again by the last: a rebuild writes every row, then indexes
+        them once. Otherwise the first load of this instance makes any that
+        are missing (as a rebuild stopped half way leaves them).
+        """
         self._upgrade()
         p = self._p
         with self._ds.transaction(commit=True) as c:
@@ -347,9 +534,11 @@ class SQLIndex:
             if c.fetchone() is None:
                 return False
             if values:
-                c.executemany(_UPSERT.format(index=self._index, p=p), [_stored(v) for v in values])
-            if expected == 0:  # the first load after a clear: index the rows once
-                self._create_indexes(c)
+                c.executemany(_UPSERT.format(index=self._index, p=p), map(_stored, values))
+            if last or (last is None and not self._indexed):
+                if last or expected == 0 or not indexed(c, self._index, sqlite=self._sqlite):
+                    self._create_indexes(c)
+                self._indexed = True
         return True
 
     def by_payment_request(self, payment_request_id: str) -> UUID | None:
@@ -402,14 +591,16 @@ class SQLIndex:
         return selected(self._columns())
 
     def clear(self) -> None:
-        """Empty the read models; the secondary indexes go too, and come back
-        with the first load (a rebuild writes every row once, then indexes)."""
+        """Empty the read models; the secondary indexes go too (first, so the
+        rows go without updating them), and come back with the first load, or
+        the last of a rebuild (which writes every row, then indexes)."""
         self._upgrade()
         with self._ds.transaction(commit=True) as c:
-            c.execute(f"DELETE FROM {self._index}")
             for suffix, _ in SECONDARY:
                 c.execute(f"DROP INDEX IF EXISTS {self._index}_{suffix}")
+            c.execute(f"DELETE FROM {self._index}")
             c.execute(f"UPDATE {self._tracking} SET position = 0 WHERE name = 'index'")
+        self._indexed = False
 
 
 _UPSERT = (
