@@ -23,6 +23,13 @@ problem        what was found
 The chain uses no secret, so it shows edits made by anyone who did not also
 recompute every later digest; the chain heads (see :mod:`klarna_flow._store.heads`)
 catch a deleted tail without relying on any read model having caught up.
+
+A whole-log check streams on SQLite and PostgreSQL: the log is read a page at
+a time, and memory holds the chain heads of recent payments only (up to
+:data:`HEADS_KEPT` twice); a payment seen longer ago takes its head from its
+last record before, read back from the log, so the result is the one of a walk
+that remembers every payment. Deleted tails are found by the database, which
+compares the chain heads table with the log.
 """
 
 from __future__ import annotations
@@ -38,13 +45,15 @@ from klarna_flow._errors import PaymentNotFound
 from klarna_flow._store.codec import has_digest, linked_digest
 from klarna_flow._store.heads import HeadsRecorder, known_heads
 from klarna_flow._store.projections import Progress
-from klarna_flow._store.read_models import ReadModelStore, as_uuid
+from klarna_flow._store.read_models import EventLog, LogRecord, ReadModelStore, as_uuid
 
 __all__ = ["PROBLEMS", "ChainVerifier", "Finding", "VerificationReport"]
 
 PROBLEMS = ("altered", "missing", "reordered", "unreadable", "truncated")
 PAGE_SIZE = 2000
 MAX_FINDINGS = 100
+HEADS_KEPT = 10_000
+"""Chain heads a streaming check keeps per generation (two generations)."""
 
 
 @attrs.frozen
@@ -228,10 +237,13 @@ class ChainVerifier:
     def log(self, *, progress: Progress | None = None) -> VerificationReport:
         """Check every record of the notification log, a page at a time.
 
-        Holds each payment's last version and digest; a record that does not
-        extend its payment's chain is looked at again with the payment's own
-        records in version order, which says what is wrong.
+        Follows each payment's chain (its last version and digest); a record
+        that does not extend its payment's chain is looked at again with the
+        payment's own records in version order, which says what is wrong.
         """
+        events = EventLog.of(self.recorder)
+        if events is not None:
+            return _Stream(self, events).run(progress)
         walk = _Walk(self)
         total = (self.recorder.max_notification_id() or 0) if progress else 0
         start = 1
@@ -322,3 +334,149 @@ class _Walk:
                 finding, _ = self.verifier.recheck(payment_id, version)
                 if finding is not None:
                     self._found(finding)
+
+
+class _Stream:
+    """One pass over the log of an SQL store, in memory that does not grow
+    with the number of payments: the walk of :class:`_Walk`, with the chain
+    heads of recent payments only.
+
+    A payment is keyed by its id's hex digits (as :class:`EventLog` reads
+    it). Its head (last version, digest, id) is kept while the payment is
+    recent: two generations of :data:`HEADS_KEPT`, the older dropped when the
+    newer fills. A record of a payment not held is checked against the
+    payment's last record before it in the log (read back, a page's worth at
+    once): that record extended the chain when it was walked, or the payment
+    would be settled, so its stored digest is the head the walk had.
+    Rechecked payments stay known (``settled``, and ``bad`` with a finding),
+    as many as the log has damaged payments.
+    """
+
+    def __init__(self, verifier: ChainVerifier, events: EventLog) -> None:
+        self.verifier = verifier
+        self.log = events
+        self.heads: dict[str, tuple[int, bytes, UUID]] = {}
+        self.older: dict[str, tuple[int, bytes, UUID]] = {}
+        self.looked_up: dict[str, tuple[int, Any, int] | None] = {}  # see _look_up
+        self.settled: dict[str, int] = {}  # rechecked in full: payment -> versions stored
+        self.bad: set[str] = set()
+        self.findings: list[Finding] = []
+        self.events = 0
+        self.payments = 0
+
+    def run(self, progress: Progress | None) -> VerificationReport:
+        recorder = self.verifier.recorder
+        total = (recorder.max_notification_id() or 0) if progress else 0
+        position = 0
+        while page := self.log.page(position, PAGE_SIZE):
+            self.page(page)
+            position = page[-1][0]
+            if progress:
+                progress(position, total)
+        self.check_tails()
+        return VerificationReport(self.events, self.payments, tuple(self.findings))
+
+    def page(self, page: Sequence[LogRecord]) -> None:
+        heads, settled, genesis = self.heads, self.settled, self.verifier.genesis
+        self.looked_up = {}
+        for at, (_, oid, version, topic, state) in enumerate(page):
+            if settled and oid in settled:
+                continue
+            head = heads.get(oid) or self._recalled(oid, version, page, at)
+            if head is None:  # the payment's first record in the log
+                self.payments += 1
+                payment_id = as_uuid(oid)
+                in_order, previous = version == 1, genesis
+            else:
+                payment_id = head[2]
+                in_order, previous = version == head[0] + 1, head[1]
+            if in_order:
+                try:
+                    digest = linked_digest(previous, payment_id, version, topic, state)
+                except TypeError:  # the state is not bytes: the recheck says what
+                    digest = None
+                if digest is not None:
+                    heads[oid] = (version, digest, payment_id)
+                    if self.looked_up:  # an answer read back before this record is stale now
+                        self.looked_up.pop(oid, None)
+                    if len(heads) >= HEADS_KEPT:
+                        self.older, self.heads = heads, {}
+                        heads = self.heads
+                    continue
+            self._recheck(oid, payment_id)
+        self.events += len(page)
+
+    def _recalled(
+        self, oid: str, version: int, page: Sequence[LogRecord], at: int
+    ) -> tuple[int, bytes, UUID] | None:
+        """The head of a payment not among the recent ones: from the older
+        generation, or from its last record before in the log; None if it
+        has none (its first record, version 1 always)."""
+        head = self.older.pop(oid, None)
+        if head is not None:
+            self.heads[oid] = head
+            return head
+        if version == 1:  # the payment's first record: a version 1 is stored once
+            return None
+        if oid not in self.looked_up:
+            self._look_up(page, at)
+        found = self.looked_up.pop(oid)  # good for this record only
+        if found is None:
+            return None
+        return found[0], found[1], as_uuid(oid)
+
+    def _look_up(self, page: Sequence[LogRecord], at: int) -> None:
+        """Read back the last record before this one of each payment of the
+        rest of the page that is not held, in one go. An answer holds until
+        the payment's next record is checked (its first from here on), or its
+        head is kept again."""
+        held, older, settled = self.heads, self.older, self.settled
+        wanted = {
+            oid
+            for _, oid, version, _, _ in page[at:]
+            if version != 1 and oid not in held and oid not in older and oid not in settled
+        }
+        found = self.log.latest_before(wanted, page[at][0])
+        self.looked_up.update(found)
+        self.looked_up.update((oid, None) for oid in wanted - found.keys())
+
+    def _recheck(self, oid: str, payment_id: UUID) -> None:
+        finding, stored = self.verifier.recheck(payment_id)
+        self.heads.pop(oid, None)
+        self.older.pop(oid, None)
+        self.settled[oid] = stored
+        if finding is not None:
+            self._found(oid, finding)
+
+    def _found(self, oid: str, finding: Finding) -> None:
+        self.bad.add(oid)
+        if len(self.findings) < MAX_FINDINGS:
+            self.findings.append(finding)
+
+    def check_tails(self) -> None:
+        """Payments whose chain head (or, without heads, index row) saw a later
+        version than the log holds: looked at again, a writer may have appended."""
+        if len(self.findings) >= MAX_FINDINGS:
+            return
+        if self.log.has_heads():
+            ahead: Iterable[tuple[str, int]] = self.log.ahead_of_log()
+        else:
+            ahead = self._ahead_of_index()
+        for oid, version in ahead:
+            if oid in self.bad:
+                continue
+            finding, _ = self.verifier.recheck(as_uuid(oid), version)
+            if finding is not None:
+                self._found(oid, finding)
+
+    def _ahead_of_index(self) -> Iterable[tuple[str, int]]:
+        """Rows of the payment index above the log's last version (a store
+        opened read-only before its first writer added chain heads)."""
+        index = self.verifier.index
+        rows = (
+            [(payment_id.hex, version) for payment_id, version in index.versions()] if index else []
+        )
+        for start in range(0, len(rows), PAGE_SIZE):
+            chunk = rows[start : start + PAGE_SIZE]
+            stored = self.log.last_versions(oid for oid, _ in chunk)
+            yield from ((oid, v) for oid, v in chunk if v > stored.get(oid, 0))
