@@ -17,7 +17,6 @@ is applied exactly once, whichever worker applies it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -218,31 +217,29 @@ class PaymentIndex:
         the rows of the payments they touched are written, with the position
         they reach, in one transaction (so a rebuild stopped half way leaves
         read models that a catch-up continues, or a rebuild starts again).
-        On an SQL store each write runs in a thread while the next window is
-        folded. Memory holds two windows' payments and one window's rows,
-        whatever the length of the log.
+        Memory holds two windows' payments and one window's rows, whatever
+        the length of the log.
         """
         self.store.clear()
         log = EventLog.of(self.recorder)  # SQL stores: read leaner than through the recorder
         read = self._read_log if log is None else log.page
         total = (self.recorder.max_notification_id() or 0) if progress else 0
-        with _Writes(self, threaded=isinstance(self.store, SQLIndex)) as writes:
-            window = _Window(self.store, before_lookup=writes.wait)
-            written = position = 0
-            while batch := read(position, _BATCH):
-                window.add(batch)
-                position = batch[-1][0]
-                if window.events >= _WINDOW:
-                    values, events = window.values(), window.events
-                    if not writes.write(values, written, position, events, last=False):
-                        break  # a worker went ahead: it is followed below
-                    written = position
-                    window.written()
-                if progress:
-                    progress(position, total)
-            else:
-                writes.write(window.values(), written, position, window.events, last=True)
-        return writes.applied + self.catch_up(progress=progress)
+        window = _Window(self.store)
+        written = position = applied = 0
+        while batch := read(position, _BATCH):
+            window.add(batch)
+            position = batch[-1][0]
+            if window.events >= _WINDOW:
+                if not self._load(window.values(), written, position, last=False):
+                    return applied + self.catch_up(progress=progress)  # a worker went ahead
+                applied += window.events
+                written = position
+                window.written()
+            if progress:
+                progress(position, total)
+        if not self._load(window.values(), written, position, last=True):
+            return applied + self.catch_up(progress=progress)
+        return applied + window.events + self.catch_up(progress=progress)
 
     def _load(self, values: list[RowValues], expected: int, position: int, *, last: bool) -> bool:
         """One write of a rebuild (an SQL store defers its secondary indexes to the last)."""
@@ -439,9 +436,8 @@ class _Window:
     holds the payments of two windows, not of the log.
     """
 
-    def __init__(self, store: ReadModelStore, *, before_lookup: Callable[[], object]) -> None:
+    def __init__(self, store: ReadModelStore) -> None:
         self.store = store
-        self.before_lookup = before_lookup  # the rows written so far are there to read after it
         self.folded: dict[Any, _Folded] = {}  # touched since the last write
         self.kept: dict[Any, _Folded] = {}  # written at the last write, still folding
         self.followed: dict[Any, IndexRow] = {}  # created before those, touched since
@@ -515,7 +511,6 @@ class _Window:
         if not pending:
             return
         ids = {oid: as_uuid(oid) for oid in pending}
-        self.before_lookup()
         stored = self.store.rows(ids.values())
         for oid, waiting in pending.items():
             found = stored.get(ids[oid])
@@ -542,52 +537,3 @@ class _Window:
         self.followed_kept, self.followed = self.followed, {}
         self.unknown.clear()
         self.events = 0
-
-
-class _Writes:
-    """A rebuild's writes of rows, in log order, one at a time: each (but the
-    last) runs in a thread of its own while the next window is folded, when
-    ``threaded``. A write that finds the position moved (a worker caught up
-    meanwhile) ends the writes; ``applied`` counts the events written."""
-
-    def __init__(self, index: PaymentIndex, *, threaded: bool) -> None:
-        self.index = index
-        self.pool = ThreadPoolExecutor(1, "klarna-flow-rebuild") if threaded else None
-        self.pending: Future[bool] | None = None
-        self.pending_events = 0
-        self.applied = 0
-        self.failed = False
-
-    def __enter__(self) -> _Writes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)  # a write under way finishes (or fails) whole
-
-    def wait(self) -> bool:
-        """Wait for the write under way; False once a write found another ahead."""
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            self._done(pending.result(), self.pending_events)
-        return not self.failed
-
-    def _done(self, ok: bool, events: int) -> None:
-        if ok:
-            self.applied += events
-        else:
-            self.failed = True
-
-    def write(
-        self, values: list[RowValues], expected: int, position: int, events: int, *, last: bool
-    ) -> bool:
-        """Write ``values`` moving the position from ``expected``; False if a
-        write (this one, or the one before) found the position moved."""
-        if not self.wait():
-            return False
-        if self.pool is None or last:
-            self._done(self.index._load(values, expected, position, last=last), events)
-            return not self.failed
-        self.pending_events = events
-        self.pending = self.pool.submit(self.index._load, values, expected, position, last=last)
-        return True

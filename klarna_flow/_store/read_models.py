@@ -223,6 +223,8 @@ class _Datastore(Protocol):
 
 
 _LOOKUP_CHUNK = 500  # ids per lookup statement
+REBUILD_CACHE_KIB = 16_384
+"""SQLite's page cache while a rebuild writes the payment index (KiB)."""
 
 
 def _plain(c: Any) -> Any:
@@ -423,6 +425,7 @@ class SQLIndex:
         self._sqlite = placeholder == "?"
         self._present: frozenset[str] | None = None  # the table's columns, once read
         self._indexed: bool | None = None  # the secondary indexes are there; None: not known
+        self._cache_setting: int | None = None  # SQLite's cache size, while a rebuild raises it
         if create:
             self._create_tables()
 
@@ -533,13 +536,39 @@ class SQLIndex:
             )
             if c.fetchone() is None:
                 return False
+            rebuilding = self._sqlite and last is not None
+            if rebuilding:
+                self._raise_cache(c)
             if values:
                 c.executemany(_UPSERT.format(index=self._index, p=p), map(_stored, values))
+            if rebuilding and last:
+                self._restore_cache(c)
             if last or (last is None and not self._indexed):
                 if last or expected == 0 or not indexed(c, self._index, sqlite=self._sqlite):
                     self._create_indexes(c)
                 self._indexed = True
         return True
+
+    def _raise_cache(self, c: Any) -> None:
+        """A rebuild writes rows all over the table (payment ids are random):
+        SQLite keeps up to :data:`REBUILD_CACHE_KIB` of it in cache from the
+        first write to the last (its default is 2 MiB).
+
+        A rebuild writes from one thread, one transaction at a time, so the
+        pool gives it the same connection each time; the cache is not shrunk
+        between writes (shrinking and growing it again fragments the heap).
+        """
+        if self._cache_setting is None:
+            c.execute("PRAGMA cache_size")
+            self._cache_setting = int(c.fetchone()[0])
+            c.execute(f"PRAGMA cache_size = {-REBUILD_CACHE_KIB}")
+
+    def _restore_cache(self, c: Any) -> None:
+        """SQLite's own cache size again, before the last write of a rebuild
+        makes the indexes (SQLite's sorter takes memory by the cache's size)."""
+        if self._cache_setting is not None:
+            c.execute(f"PRAGMA cache_size = {self._cache_setting}")
+            self._cache_setting = None
 
     def by_payment_request(self, payment_request_id: str) -> UUID | None:
         with self._ds.transaction(commit=False) as c:
