@@ -21,8 +21,10 @@ own, so that no worker shares its interpreter with the server. Every run uses
 fresh schemas of the same database (``KLARNA_FLOW_BENCH_DATABASE_URL``, else
 ``KLARNA_FLOW_TEST_DATABASE_URL``); workers open their store, then start
 together at a barrier, and the clock runs from the barrier to the last
-worker's end. ratio = ours / baseline, each the best flows per second of its
-1, 2 and 4 processes (goal >= 0.80). A line per side and process count shows
+worker's end. Each side runs ``REPEAT`` times (3) at each process count, the
+sides alternating, and the best run of each counts (the machines are shared).
+ratio = ours / baseline, each the best flows per second of its 1, 2 and 4
+processes (goal >= 0.80). A line per side and process count shows
 where the CPU went, per flow: the workers, their PostgreSQL backends (read
 from ``/proc``, so only when the server runs on this machine) and the fake,
 and how many cores the machine kept busy (others' work included: a figure
@@ -60,7 +62,7 @@ __all__ = ["BENCHMARKS"]
 
 FLOWS = int(os.environ.get("KLARNA_FLOW_BENCH_PG_FLOWS", "1000"))
 PROCESSES = (1, 2, 4)
-REPEAT = int(os.environ.get("KLARNA_FLOW_BENCH_PG_REPEAT", "2"))
+REPEAT = int(os.environ.get("KLARNA_FLOW_BENCH_PG_REPEAT", "3"))
 AMOUNT = 11_800
 CURRENCY = "EUR"
 KEYS = uuid.UUID("9a7c2b1e-5d4f-4e3a-8b6c-0d1e2f3a4b5c")
