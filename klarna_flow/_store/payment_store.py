@@ -151,9 +151,12 @@ class PaymentStore(Application[UUID]):
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         # The recorder that keeps chain heads in the events' transaction
         # (eventsourcing's public hook for choosing the recorder class).
-        topic = recorder_topic(env.get("PERSISTENCE_MODULE") or "")
+        module = env.get("PERSISTENCE_MODULE") or ""
+        topic = recorder_topic(module)
         if topic is not None and not env.get("APPLICATION_RECORDER_TOPIC"):
             env["APPLICATION_RECORDER_TOPIC"] = topic
+        if module == "eventsourcing.postgres":
+            _small_pool(env)
         return super().construct_factory(env)
 
     def construct_mapper(self) -> Mapper[UUID]:
@@ -364,6 +367,22 @@ class PaymentStore(Application[UUID]):
         with storage_errors():
             self.index.catch_up()
             return self.index.store.due(now.timestamp())
+
+
+def _small_pool(env: Environment) -> None:
+    """One PostgreSQL connection kept open per store, unless configured.
+
+    eventsourcing keeps five (``POSTGRES_POOL_SIZE``) and opens up to ten more
+    on demand (``POSTGRES_MAX_OVERFLOW``). A worker uses one at a time, two
+    while it catches up a read model, so five idle connections per worker
+    only brought the server's connection limit closer (100 by default: 16
+    workers). The pool still grows to the same fifteen under concurrent use
+    (threads, ``*_async``) and shrinks back when they idle.
+    """
+    if not env.get("POSTGRES_POOL_SIZE"):
+        env["POSTGRES_POOL_SIZE"] = "1"
+        if not env.get("POSTGRES_MAX_OVERFLOW"):
+            env["POSTGRES_MAX_OVERFLOW"] = "14"
 
 
 class _RequestIds:

@@ -147,3 +147,25 @@ def test_a_store_without_the_insert_function_is_written_as_before_until_it_is_ad
     assert report.ok, report
     for payments in (old, upgraded, new):
         payments.close()
+
+
+def _pool(payments: Payments) -> tuple[int, int]:
+    pool = _recorder(payments).datastore.pool
+    return pool.min_size, pool.max_size
+
+
+def test_a_store_keeps_one_connection_open_unless_told_otherwise(
+    pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cipher = TokenCipher.ephemeral()
+    payments = _open(pg_schema, cipher)
+    assert _pool(payments) == (1, 15)  # eventsourcing's default keeps 5 open, grows to 15
+    payment_id = _create(payments, "pool")
+    payments.complete(payment_id, session_token=TOKEN)
+    assert payments.counts_by_state() == {"COMPLETED": 1}  # catching up nests a connection
+    payments.close()
+
+    monkeypatch.setenv("POSTGRES_POOL_SIZE", "3")
+    configured = _open(pg_schema, cipher, create=False)
+    assert _pool(configured) == (3, 13)
+    configured.close()
