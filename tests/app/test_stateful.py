@@ -110,8 +110,9 @@ def _open(payment: Payment) -> bool:
 
 
 def _cancel(payment: Payment, now: datetime, fitting: bool) -> Expected:
-    # "not once authorization was requested" (a failed or stepped-up attempt counts)
-    never_requested = payment.authorization_attempts == 0
+    # "no final authorization requested for the current payment request": a failed
+    # attempt counts; a step-up opens a new request, which can be canceled again
+    never_requested = not payment.final_requested
     return S.CANCELED if _open(payment) and never_requested else InvalidTransition
 
 
