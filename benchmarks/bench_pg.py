@@ -414,7 +414,7 @@ def _run(side: str, url: str, fake: _Fake, processes: int) -> Run:
         barrier.wait()
         start, busy = time.perf_counter(), _busy_seconds()
         server = _backends_cpu(url, schema)
-        done = _results(results, workers)
+        done = results_of(results, workers)
         busy_after = _busy_seconds()
         server_after = _backends_cpu(url, schema)
         barrier.wait()
@@ -441,7 +441,7 @@ def _run(side: str, url: str, fake: _Fake, processes: int) -> Run:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def _results(results: Any, workers: Sequence[Any]) -> list[tuple[int, float, float]]:
+def results_of(results: Any, workers: Sequence[Any]) -> list[tuple[int, float, float]]:
     """Each worker's (wins, end time, CPU seconds); a worker that died fails the run at once."""
     done: list[tuple[int, float, float]] = []
     while len(done) < len(workers):
@@ -557,7 +557,7 @@ def _save_rate(side: str, url: str, processes: int) -> float:
             worker.start()
         barrier.wait()
         start = time.perf_counter()
-        done = _results(results, workers)
+        done = results_of(results, workers)
         barrier.wait()
         for worker in workers:
             worker.join()
