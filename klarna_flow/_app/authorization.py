@@ -19,6 +19,13 @@ Klarna, and an error now (past the 24-hour key window, say) proves nothing
 about it. A refusal that re-sending cannot change records
 ``AuthorizationUnresolved``, logged at ERROR: the payment stays
 ``AUTHORIZING`` and waits for evidence.
+
+A call without a session token (an initial call, a customer token charge)
+is re-sent only inside Klarna's 24-hour key window: past it Klarna would
+take it for a new call, and a second transaction could follow the first.
+It is marked unresolved instead, without a call. A session token is single
+use, so a re-send that carries one is answered with the original result or
+refused, never acted on twice.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import enum
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -62,6 +69,13 @@ __all__ = ["AuthorizationOutcome", "Intent", "OutcomeResult"]
 logger = logging.getLogger("klarna_flow")
 
 _KEY_NAMESPACE = uuid.UUID("0d8a1c52-62c4-4b36-9d7e-8f1b5a0c3e77")
+RESEND_WINDOW = timedelta(hours=23)
+"""How long after the request a call without a session token may be re-sent:
+an hour inside the 24 hours Klarna honours an idempotency key."""
+_NOT_RESENT = (
+    "the call carries no session token and Klarna's 24-hour idempotency window has "
+    "passed, so it is not re-sent (a re-send could create a second transaction)"
+)
 AUTHORIZE = "command:authorize"
 RECONCILE = "command:reconcile"
 
@@ -127,6 +141,19 @@ class Intent:
     payment_request_id: str | None = None
     customer_token: str | None = attrs.field(default=None, repr=False)
     """The stored customer token a token charge sends."""
+    requested_at: datetime | None = None
+    """When ``AuthorizationRequested`` was recorded (the key's first use)."""
+
+    def may_resend(self, now: datetime) -> bool:
+        """True when a re-send cannot make Klarna act a second time.
+
+        Inside the key window Klarna replays the original answer; a session
+        token is single use (replayed or refused). Otherwise a re-send could
+        create a second transaction.
+        """
+        if self.session_token is not None or self.requested_at is None:
+            return True
+        return now < self.requested_at + RESEND_WINDOW
 
     def request(self) -> dict[str, Any]:
         """Keyword arguments of ``KlarnaClient.authorize``."""
@@ -261,6 +288,7 @@ def intent_of(
         payload=payment.initial_payload,
         payment_request_id=payment.payment_request_id,
         customer_token=customer_token,
+        requested_at=payment.requested_at,
     )
 
 
@@ -334,6 +362,43 @@ def record_outcome(
             _log_unresolved(payment)
         return outcome_of(payment, error)
     return outcome_of(ledger.get(intent.payment_id), error)
+
+
+def record_not_resent(ledger: AuthorizationLedger, intent: Intent) -> AuthorizationOutcome:
+    """Mark unresolved a pending call that may not be re-sent (no call is made).
+
+    Past the key window a call without a session token could be acted on
+    twice: the payment stays ``AUTHORIZING`` and waits for a notification or
+    an operator (``AuthorizationUnresolved``, logged at ERROR once).
+    """
+    payment = intent.payment if intent.payment is not None else ledger.get(intent.payment_id)
+    for _ in range(3):
+        if (
+            payment.state is not PaymentState.AUTHORIZING
+            or payment.idempotency_key != intent.idempotency_key
+            or payment.is_unresolved
+        ):
+            return outcome_of(payment)  # recorded already (by someone else, or before)
+        payment.mark_unresolved(
+            error=_NOT_RESENT,
+            status_code=None,
+            correlation_id=payment.correlation_id,
+            now=ledger.now(),
+            cause=RECONCILE,
+        )
+        try:
+            ledger.save(payment)
+        except ConcurrentModification:
+            payment = ledger.get(intent.payment_id)
+            continue
+        logger.error(
+            "authorization of payment %s is unresolved: Klarna may have acted and %s; "
+            "it stays AUTHORIZING until a notification or an operator resolves it",
+            payment.id,
+            _NOT_RESENT,
+        )
+        return outcome_of(payment)
+    return outcome_of(ledger.get(intent.payment_id))
 
 
 def _apply(

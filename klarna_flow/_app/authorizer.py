@@ -19,6 +19,7 @@ from klarna_flow._app.authorization import (
     AuthorizationOutcome,
     Intent,
     record_intent,
+    record_not_resent,
     record_outcome,
     resume_intent,
 )
@@ -85,6 +86,9 @@ def reconcile(
     outcomes = []
     for intent in intents:
         try:
+            if not intent.may_resend(ledger.now()):
+                outcomes.append(_counted(record_not_resent(ledger, intent), RECONCILE))
+                continue
             outcomes.append(_send(ledger, client, intent, cause=RECONCILE))
         except KlarnaFlowError as e:
             _skipped(intent.payment_id, e)
@@ -98,6 +102,9 @@ async def reconcile_async(
 
     async def resend(intent: Intent) -> AuthorizationOutcome | None:
         try:
+            if not intent.may_resend(ledger.now()):
+                outcome = await asyncio.to_thread(record_not_resent, ledger, intent)
+                return _counted(outcome, RECONCILE)
             return await _send_async(ledger, client, intent, cause=RECONCILE)
         except KlarnaFlowError as e:
             _skipped(intent.payment_id, e)

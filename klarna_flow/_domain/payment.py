@@ -45,6 +45,7 @@ class Payment(Aggregate):
         completed_at: when the customer completed the purchase.
         authorization_attempts: how many authorizations were requested.
         idempotency_key: the key of the current (or last) authorization.
+        requested_at: when the current (or last) authorize call was requested.
         payment_transaction_id: Klarna's transaction id once authorized.
         last_result: how the last authorization attempt ended (``PENDING``,
             ``APPROVED``, ``DECLINED``, ``STEP_UP_REQUIRED``, ``FAILED``), or
@@ -111,6 +112,7 @@ class Payment(Aggregate):
         def apply(self, payment: Payment) -> None:
             payment.state = PaymentState.AUTHORIZING
             payment.idempotency_key = self.idempotency_key
+            payment.requested_at = self.timestamp
             payment.authorization_attempts = self.attempt
             payment.last_result = "PENDING"
             payment.unresolved_reason = None
@@ -368,6 +370,7 @@ class Payment(Aggregate):
         self.session_token: SealedSecret | None = None
         self.customer_token: SealedSecret | None = None
         self.idempotency_key: str | None = None
+        self.requested_at: datetime | None = None
         self.authorization_attempts = 0
         self.payment_transaction_id: str | None = None
         self.correlation_id: str | None = None
