@@ -196,12 +196,15 @@ def test_a_token_charge_raced_by_six_processes_makes_exactly_one_http_call(
 
     assert [c.exitcode for c in children] == [0] * PROCESSES
     assert not [r for r in collected if r[0] == "crash"], collected
-    [won] = [r for r in collected if r[0] == "outcome"]
+    outcomes = [r for r in collected if r[0] == "outcome"]
+    assert len(outcomes) == 1, collected  # one process went on to call Klarna
+    [won] = outcomes
     lost = [r for r in collected if r[0] == "error"]
     assert won[1:3] == (OutcomeResult.APPROVED.value, PaymentState.AUTHORIZED.value)
     assert lost == [("error", AuthorizationInProgress.__name__, "AUTHORIZING")] * LOSERS
 
-    [call] = calls  # exactly one HTTP call, carrying the stored customer token
+    assert len(calls) == 1, calls  # exactly one HTTP call, carrying the stored customer token
+    [call] = calls
     assert call.headers["Klarna-Customer-Token"] == token
     assert "Klarna-Network-Session-Token" not in call.headers
     [transaction] = fake.transactions_for(REFERENCE)
