@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -34,6 +35,7 @@ from klarna_flow import (
     Payments,
     PaymentState,
     StepUpConfig,
+    StorageError,
     TokenCipher,
     generate_key,
 )
@@ -87,7 +89,7 @@ def charge_in_child(  # noqa: PLR0917 - a process target takes its arguments by 
         cipher = TokenCipher(Path(key_file).read_text(encoding="ascii").strip())
         with (
             KlarnaClient(API_KEY, base_url=base_url, timeout=60.0, retry=RETRY) as client,
-            Payments.sqlite(db, cipher=cipher, klarna=client) as payments,
+            open_store(db, cipher, client) as payments,
         ):
             payments.get(UUID(payment_id))  # the store is open and readable
             barrier.wait(timeout=60)
@@ -101,6 +103,19 @@ def charge_in_child(  # noqa: PLR0917 - a process target takes its arguments by 
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails the test
         result = ("crash", type(e).__name__, str(e))
     results.put(result)
+
+
+def open_store(db: str, cipher: TokenCipher, client: KlarnaClient) -> Payments:
+    """The SQLite store, opened as ``klarna-flow worker`` opens it: a file locked by
+    another process's start is tried again (for up to a minute)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return Payments.sqlite(db, cipher=cipher, klarna=client)
+        except StorageError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def tokenize(payments: Payments, fake: FakeKlarna) -> tuple[UUID, str]:
