@@ -53,6 +53,7 @@ from klarna_flow._store.codec import SealedSecretTranscoding
 from klarna_flow._store.heads import recorder_topic
 from klarna_flow._store.projections import PaymentIndex, Progress
 from klarna_flow._store.read_models import IndexRow, MemoryIndex, ReadModelStore, SQLIndex
+from klarna_flow._store.sqlite_pool import cache_statements
 
 __all__ = [
     "ALLOW_PLAINTEXT_ENV",
@@ -157,7 +158,10 @@ class PaymentStore(Application[UUID]):
             env["APPLICATION_RECORDER_TOPIC"] = topic
         if module == "eventsourcing.postgres":
             _small_pool(env)
-        return super().construct_factory(env)
+        factory = super().construct_factory(env)
+        if isinstance(factory, SQLiteFactory):
+            cache_statements(factory.datastore)
+        return factory
 
     def construct_mapper(self) -> Mapper[UUID]:
         if self.factory.cipher() is not None or self.factory.compressor() is not None:
