@@ -22,6 +22,7 @@ from klarna_flow.klarna._exchange import (
     received,
 )
 from klarna_flow.klarna._failures import transport_error
+from klarna_flow.klarna._http import StatelessAsyncClient
 from klarna_flow.klarna._purchase import (
     Capture,
     CustomerTokenRequest,
@@ -48,6 +49,7 @@ class AsyncKlarnaClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport])
     """
 
     _http_class = httpx.AsyncClient
+    _own_http_class = StatelessAsyncClient
 
     def _open(
         self,

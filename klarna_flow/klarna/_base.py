@@ -32,6 +32,7 @@ class ClientBase(Generic[HTTP, Transport]):
     """
 
     _http_class: type[HTTP]
+    _own_http_class: type[HTTP]  # the subclass opened when no http_client is given
     _limits: httpx.Limits = DEFAULT_LIMITS
     _http: HTTP
     _owns_http: bool
@@ -65,7 +66,7 @@ class ClientBase(Generic[HTTP, Transport]):
     ) -> tuple[HTTP, bool, httpx.Timeout | None]:
         """The httpx client to use, whether we own it, and a per-request timeout."""
         if http_client is None:
-            http = self._http_class(
+            http = self._own_http_class(
                 timeout=resolve_timeout(timeout),
                 limits=self._limits,
                 transport=transport,  # type: ignore[arg-type]

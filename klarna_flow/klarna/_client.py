@@ -21,6 +21,7 @@ from klarna_flow.klarna._exchange import (
     received,
 )
 from klarna_flow.klarna._failures import transport_error
+from klarna_flow.klarna._http import StatelessClient
 from klarna_flow.klarna._purchase import (
     Capture,
     CustomerTokenRequest,
@@ -56,6 +57,7 @@ class KlarnaClient(ClientBase[httpx.Client, httpx.BaseTransport]):
     """
 
     _http_class = httpx.Client
+    _own_http_class = StatelessClient
 
     def authorize(
         self,

@@ -251,3 +251,67 @@ def test_httpx_failures_never_escape(
 
     assert caught.value.__cause__ is failure
     assert len(calls) == attempts
+
+
+def _cookie_setting(fake: FakeKlarna, seen: list[httpx.Request]) -> httpx.MockTransport:
+    """FakeKlarna answering with a ``Set-Cookie`` header; each request recorded."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = fake(request)
+        answer.headers["Set-Cookie"] = "lb=node-7; Path=/"
+        return answer
+
+    return httpx.MockTransport(handler)
+
+
+def test_an_owned_client_keeps_and_sends_no_cookie(fake: FakeKlarna) -> None:
+    seen: list[httpx.Request] = []
+    with KlarnaClient(API_KEY, transport=_cookie_setting(fake, seen)) as client:
+        for _ in range(2):
+            token = fake.issue_session_token(amount=11800, currency="USD")
+            assert client.authorize(**call_args(fake, token)).result == "APPROVED"
+    assert len(seen) == 2
+    assert [r.headers.get("Cookie") for r in seen] == [None, None]
+
+
+def test_an_owned_async_client_keeps_and_sends_no_cookie(fake: FakeKlarna) -> None:
+    seen: list[httpx.Request] = []
+
+    async def scenario() -> None:
+        transport = _cookie_setting(fake, seen)
+        async with AsyncKlarnaClient(API_KEY, transport=transport) as client:
+            for _ in range(2):
+                token = fake.issue_session_token(amount=11800, currency="USD")
+                await client.authorize(**call_args(fake, token))
+
+    asyncio.run(scenario())
+    assert [r.headers.get("Cookie") for r in seen] == [None, None]
+
+
+def test_a_callers_http_client_keeps_its_cookie_jar(fake: FakeKlarna) -> None:
+    seen: list[httpx.Request] = []
+    with httpx.Client(transport=_cookie_setting(fake, seen)) as http:
+        with KlarnaClient(API_KEY, http_client=http) as client:
+            token = fake.issue_session_token(amount=11800, currency="USD")
+            client.authorize(**call_args(fake, token))
+        assert http.cookies.get("lb") == "node-7"  # httpx's own bookkeeping, untouched
+
+
+def test_calls_to_many_accounts_each_go_to_their_own_path(fake: FakeKlarna) -> None:
+    accounts = [f"krn:partner:global:account:acct-{n}" for n in range(3)]
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return fake(request)
+
+    with KlarnaClient(API_KEY, transport=httpx.MockTransport(handler)) as client:
+        for account in accounts * 2:
+            token = fake.issue_session_token(
+                amount=11800, currency="USD", partner_account_id=account
+            )
+            client.authorize(**call_args(fake, token, partner_account_id=account))
+    assert [r.url.path for r in seen] == [
+        f"/v2/accounts/{a}/payment/authorize" for a in accounts * 2
+    ]
