@@ -98,7 +98,9 @@ Where klarna-api.md says [?], the fake chooses (tests rely on it):
   ``payment_capture: {payment_capture_id, amount, captured_at}``;
 - revoking a customer token sends no notification (names unpublished);
 - errors and lost answers scripted with ``fail_next`` and friends hit the
-  next call to any endpoint; verdicts wait for the next valid authorize call.
+  next call to any endpoint; verdicts wait for the next valid authorize call
+  that is processed, one whose answer is then lost included (the two queues
+  are independent: scripting order matters only within each).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ import httpx
 
 from klarna_flow._shared.clock import Clock, SystemClock
 from klarna_flow._shared.validation import check_krn
-from klarna_flow.testing._fake_authorize import DECISIONS, Decisions
+from klarna_flow.testing._fake_authorize import Decisions
 from klarna_flow.testing._fake_http import error_response, json_response
 from klarna_flow.testing._fake_records import RecordedTransaction, Scripted
 from klarna_flow.testing._fake_script import Scripting
@@ -127,8 +129,8 @@ _ROUTES = (
     ("DELETE", re.compile(_ACCOUNT + r"/requests/([^/]+)")),
     ("GET", re.compile(_ACCOUNT + r"/transactions/([^/]+)")),
 )
-#: One processing of a request; its argument says whether verdicts may be taken.
-Route = Callable[[bool], httpx.Response]
+#: One processing of a request (an authorize call may take a queued verdict).
+Route = Callable[[], httpx.Response]
 
 
 class FakeKlarna(Scripting):
@@ -205,9 +207,8 @@ class FakeKlarna(Scripting):
         if route is None:
             return error_response(404, "RESOURCE_NOT_FOUND", "No such endpoint")
         with self._lock:
-            head = self._script[0] if self._script else None
-            scripted = self._script.popleft() if head and head.kind not in DECISIONS else None
-            return _answer(request, route, scripted)
+            fault = self._faults.popleft() if self._faults else None
+            return _answer(request, route, fault)
 
     def _endpoint(self, request: httpx.Request) -> Route | None:
         """The processing of ``request``, or None for an unknown endpoint."""
@@ -219,24 +220,28 @@ class FakeKlarna(Scripting):
                 continue
             account, *ids = (unquote(part) for part in match.groups())
             if method == "DELETE":
-                return lambda _: self.cancel_over_http(request, account, self.api_key, *ids)
+                return lambda: self.cancel_over_http(request, account, self.api_key, *ids)
             if method == "GET":
-                return lambda _: self.read_over_http(request, account, self.api_key, *ids)
-            return lambda decide: self.authorize(
-                request, account, self.api_key, Decisions(self._script if decide else None)
-            )
+                return lambda: self.read_over_http(request, account, self.api_key, *ids)
+            return lambda: self.authorize(request, account, self.api_key, Decisions(self._verdicts))
         return None
 
 
-def _answer(request: httpx.Request, route: Route, scripted: Scripted | None) -> httpx.Response:
-    """Apply an error or lost-answer script, else process (verdicts allowed)."""
-    if scripted is not None and scripted.kind == "respond":
-        return json_response(scripted.status_code, scripted.body, scripted.headers)
-    if scripted is not None and not scripted.after_processing:
-        raise _lost(scripted.kind, request)
-    response = route(scripted is None)
-    if scripted is not None and scripted.kind in _LOST:
-        raise _lost(scripted.kind, request)
+def _answer(request: httpx.Request, route: Route, fault: Scripted | None) -> httpx.Response:
+    """Answer under ``fault`` (an error or a lost answer), if any.
+
+    An error, or an answer lost before processing, leaves Klarna untouched (and
+    the verdicts queued). Otherwise the call is processed as without the
+    fault, queued verdict included, and an answer lost after processing is
+    then withheld: Klarna acted, the caller never hears how.
+    """
+    if fault is not None and fault.kind == "respond":
+        return json_response(fault.status_code, fault.body, fault.headers)
+    if fault is not None and not fault.after_processing:
+        raise _lost(fault.kind, request)
+    response = route()
+    if fault is not None and fault.kind in _LOST:
+        raise _lost(fault.kind, request)
     return response
 
 

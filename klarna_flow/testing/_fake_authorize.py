@@ -55,22 +55,23 @@ _PAYMENT_REQUIRED = ("request_payment_transaction", "is required when charging a
 
 
 class Decisions:
-    """The scripted verdicts waiting at the head of the queue (none when ``queue`` is None)."""
+    """The scripted verdicts queued for the next valid authorize call, first one first.
 
-    def __init__(self, queue: deque[Scripted] | None) -> None:
+    A call takes the head verdict only once it has passed every check, so a
+    refused call (400, 403, 404, 409...) or an idempotent replay leaves it
+    queued for the next call that Klarna processes.
+    """
+
+    def __init__(self, queue: deque[Scripted]) -> None:
         self._queue = queue
 
     def peek(self) -> Scripted | None:
         """The next scripted verdict, left in the queue."""
-        head = self._queue[0] if self._queue else None
-        return head if head is not None and head.kind in DECISIONS else None
+        return self._queue[0] if self._queue else None
 
     def take(self) -> Scripted | None:
         """The next scripted verdict, taken out of the queue."""
-        head = self.peek()
-        if head is not None and self._queue is not None:
-            self._queue.popleft()
-        return head
+        return self._queue.popleft() if self._queue else None
 
 
 class Authorizer(TokenChecks):

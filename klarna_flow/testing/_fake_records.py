@@ -195,9 +195,11 @@ class Scripted:
 
     ``kind`` is one of ``respond`` (answer ``status_code``/``body`` at once),
     ``drop`` / ``timeout`` (no answer; after processing when
-    ``after_processing``): these apply to the next call to any of the fake's
-    endpoints; ``approve``, ``decline`` and ``step_up`` apply to the next
-    authorize call that passes every check, which then gets that result.
+    ``after_processing``): these faults apply to the next call to any of the
+    fake's endpoints; ``approve``, ``decline`` and ``step_up`` (verdicts)
+    apply to the next processed authorize call that passes every check, which
+    then gets that result, even if a fault then loses its answer. The two
+    kinds wait in separate queues.
     """
 
     kind: str

@@ -55,7 +55,11 @@ class FakeState:
         self._answers: dict[tuple[str, str], StoredAnswer] = {}
         self._transactions: dict[str, RecordedTransaction] = {}
         self._customer_tokens: dict[str, CustomerTokenRecord] = {}
-        self._script: deque[Scripted] = deque()
+        # Two queues, each used in order, independent of each other: verdicts
+        # wait for the next processed valid authorize call, faults (errors and
+        # lost answers) hit the next call to any endpoint.
+        self._verdicts: deque[Scripted] = deque()
+        self._faults: deque[Scripted] = deque()
 
     # -- payment requests ---------------------------------------------------------
 
