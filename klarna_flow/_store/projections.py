@@ -35,7 +35,6 @@ from klarna_flow._store.codec import (
     fields,
     seconds,
     seconds_field,
-    text_field,
 )
 from klarna_flow._store.read_models import (
     EventLog,
@@ -261,34 +260,70 @@ class _CreatedTerms(msgspec.Struct):
     payment_request_id: Any = None
 
 
+class _Read(msgspec.Struct):
+    """The fields a row takes from an event read in full, decoded as plain
+    JSON in one pass (as :func:`fields` decodes them; the others are skipped
+    unread). A time the payload lacks stays ``UNSET``: :func:`_at` raises
+    KeyError for it, as ``fields(...)[name]`` does."""
+
+    timestamp: Any = msgspec.UNSET
+    completed_at: Any = msgspec.UNSET
+    request_expires_at: Any = msgspec.UNSET
+    payment_request_id: Any = None
+    payment_transaction_id: Any = None
+
+
 _CREATED_TERMS = msgspec.json.Decoder(_CreatedTerms)
+_READ = msgspec.json.Decoder(_Read)
+_NO_TIME = (None, msgspec.UNSET)  # a request lifetime an event does not name
 # A typed record starts with its event's time.
 _TYPED_TIME = TYPED + b'{"timestamp":"'
 _TIME_AT = DIGEST_SIZE + len(_TYPED_TIME)
-_COMPLETED_AT = b'"completed_at":"'
 
 Terms = tuple[Any, Any, Any, Any, float, float | None, Any]
 """(flow, amount, currency, reference, created at, request expiry, payment
 request id) of a PaymentCreated record."""
 
 
-def _iso_seconds(text: bytes) -> float:
-    return datetime.fromisoformat(text.decode()).timestamp()
+def _payload(stored: bytes) -> memoryview:
+    """The JSON of a stored record, in either format, without a copy."""
+    start = DIGEST_SIZE + 1 if stored.startswith(TYPED, DIGEST_SIZE) else DIGEST_SIZE
+    return memoryview(stored)[start:]
+
+
+def _seconds(value: Any) -> float:
+    """:func:`seconds` of a decoded time (ISO text read without the detour)."""
+    return datetime.fromisoformat(value).timestamp() if type(value) is str else seconds(value)
+
+
+def _at(value: Any, name: str) -> float:
+    """:func:`_seconds` of the field ``name`` of a :class:`_Read`; KeyError if it was missing."""
+    if value is msgspec.UNSET:
+        raise KeyError(name)
+    return _seconds(value)
 
 
 def _created_terms(created: bytes) -> Terms:
     """Every field a row takes from a payment's PaymentCreated record, in either format."""
-    start = DIGEST_SIZE + 1 if created.startswith(TYPED, DIGEST_SIZE) else DIGEST_SIZE
     try:
-        t = _CREATED_TERMS.decode(memoryview(created)[start:])
+        t = _CREATED_TERMS.decode(_payload(created))
     except msgspec.MsgspecError:  # what only Python's JSON reads, or a field missing
         payload = fields(created)
         t = _CreatedTerms(payload["timestamp"], payload["request_expires_at"])
         for name in ("flow", "amount", "currency", "reference", "payment_request_id"):
             setattr(t, name, payload.get(name))
-    created_at = seconds(t.timestamp)
-    expires = seconds(t.request_expires_at)
+    created_at = _seconds(t.timestamp)
+    expires = _seconds(t.request_expires_at)
     return (t.flow, t.amount, t.currency, t.reference, created_at, expires, t.payment_request_id)
+
+
+def _read(stored: bytes) -> _Read:
+    """The fields a row takes from a record read in full, in either format."""
+    try:
+        return _READ.decode(_payload(stored))
+    except msgspec.MsgspecError:  # what only Python's JSON reads
+        payload = fields(stored)
+        return _Read(**{name: payload[name] for name in _Read.__struct_fields__ if name in payload})
 
 
 def _time(stored: bytes) -> float:
@@ -296,29 +331,19 @@ def _time(stored: bytes) -> float:
     if stored.startswith(_TYPED_TIME, DIGEST_SIZE):
         end = stored.find(b'"', _TIME_AT)
         if end > 0:
-            return _iso_seconds(stored[_TIME_AT:end])
+            return datetime.fromisoformat(stored[_TIME_AT:end].decode()).timestamp()
     return seconds_field(stored, "timestamp")
-
-
-def _completed_at(stored: bytes) -> float:
-    """A PurchaseCompleted record's ``completed_at``, as :func:`seconds_field` reads it."""
-    if stored.startswith(TYPED, DIGEST_SIZE):
-        at = stored.find(_COMPLETED_AT, DIGEST_SIZE)
-        if at >= 0:
-            start = at + len(_COMPLETED_AT)
-            end = stored.find(b'"', start)
-            if end > 0:
-                return _iso_seconds(stored[start:end])
-    return seconds_field(stored, "completed_at")
 
 
 class _Folded:
     """One payment's records, as far as its row needs them.
 
-    Holds the records that set the row's fields, read when the row is wanted
-    (:meth:`row`). Once a row is written, :meth:`settle` keeps its values
-    instead of the records, so a payment folded on in the next window holds
-    only the records that came since.
+    Holds what sets the row's fields: the events read in full, decoded as
+    they come (:class:`_Read`: a few fields each, in one pass), and the
+    record that last changed the state, whose time is read when the row is
+    wanted (:meth:`row`). Once a row is written, :meth:`settle` keeps its
+    values instead, so a payment folded on in the next window holds only
+    what came since.
     """
 
     __slots__ = (
@@ -326,13 +351,12 @@ class _Folded:
         "changed",
         "completed",
         "created",
-        "naming",
+        "named",
         "payment_id",
         "renewed",
         "since",
         "state",
         "terms",
-        "transacting",
         "transaction",
         "version",
     )
@@ -343,14 +367,15 @@ class _Folded:
         self.terms: Terms | None = None
         self.state = "CREATED"
         self.version = version
-        self.changed: bytes | None = None  # the record that last changed the state: its
-        self.since: float | None = None  # time is `since` (else this one, else creation's)
-        self.completed: bytes | None = None  # the last completion, unless a step-up followed
+        # The event that last changed the state (decoded if read in full,
+        # else as stored): its time is `since` (else this one, else creation's).
+        self.changed: _Read | bytes | None = None
+        self.since: float | None = None
+        self.completed: _Read | None = None  # the last completion, unless a step-up followed
         self.authorize_by: float | None = None  # (else this deadline)
-        self.renewed: bytes | None = None  # the last record naming a new request lifetime
-        self.naming: list[bytes] = []  # later records that may name the payment request
-        self.transacting: list[bytes] = []  # records that set the transaction id, oldest first
-        self.transaction: str | None = None  # (if none holds one, this id)
+        self.renewed: _Read | None = None  # the last event naming a new request lifetime
+        self.named: Any = None  # the payment request an event named last (else the terms')
+        self.transaction: Any = None  # the transaction id an event set last
 
     def row(self) -> RowValues:
         """The row, as folding :func:`project` over the same records makes it."""
@@ -361,15 +386,17 @@ class _Folded:
             self.created = None
         flow, amount, currency, reference, created_at, expires, request = terms
         if self.renewed is not None:
-            expires = seconds_field(self.renewed, "request_expires_at")
+            expires = _at(self.renewed.request_expires_at, "request_expires_at")
         authorize_by = self.authorize_by
         if self.completed is not None and flow != "TOKENIZATION":
-            authorize_by = _completed_at(self.completed) + _WINDOW_SECONDS
+            authorize_by = _at(self.completed.completed_at, "completed_at") + _WINDOW_SECONDS
         changed = self.changed
-        if changed is not None:
-            since = _time(changed)
-        else:
+        if changed is None:
             since = created_at if self.since is None else self.since
+        elif isinstance(changed, _Read):
+            since = _at(changed.timestamp, "timestamp")
+        else:
+            since = _time(changed)
         return (
             self.payment_id,
             self.state,
@@ -378,43 +405,36 @@ class _Folded:
             since,
             expires,
             authorize_by,
-            _last_named(self.naming, "payment_request_id", request) if self.naming else request,
+            request if self.named is None else self.named,
             reference,
             amount,
             currency,
             created_at,
-            _last_named(self.transacting, "payment_transaction_id", self.transaction)
-            if self.transacting
-            else self.transaction,
+            self.transaction,
         )
 
     def settle(self, row: RowValues) -> None:
-        """Keep the values of ``row`` (this payment's, written) instead of the
-        records they were read from."""
+        """Keep the values of ``row`` (this payment's, written) instead of what
+        they were read from."""
         terms = self.terms
         assert terms is not None
         self.terms = (*terms[:5], row[5], row[7])
         self.since, self.changed = row[4], None
         self.authorize_by, self.completed = row[6], None
-        self.renewed = None
-        self.transaction = row[12]
-        if self.naming:
-            self.naming = []
-        if self.transacting:
-            self.transacting = []
+        self.renewed = self.named = None
 
-
-def _last_named(records: Sequence[bytes], name: str, default: Any) -> Any:
-    """The field ``name`` of the newest record that holds a value for it, else ``default``."""
-    for stored in reversed(records):
-        value = text_field(stored, name)
-        if value is not None:
-            return value
-    return default
-
-
-def _names_expiry(stored: bytes) -> bool:
-    return fields(stored).get("request_expires_at") is not None
+    def fold_in(self, kind: str, read: _Read) -> None:
+        """An event read in full, folded in as :func:`project` reads it."""
+        if kind in _MAY_NAME_REQUEST and read.payment_request_id is not None:
+            self.named = read.payment_request_id
+        if kind in _SETS_TRANSACTION and read.payment_transaction_id is not None:
+            self.transaction = read.payment_transaction_id
+        if kind == "PurchaseCompleted":
+            self.completed = read
+        elif kind == "StepUpRequired":
+            self.completed, self.authorize_by, self.renewed = None, None, read
+        elif kind == "PaymentRequestReported" and read.request_expires_at not in _NO_TIME:
+            self.renewed = read  # Klarna named a new deadline for the request
 
 
 def _projected(row: IndexRow, record: LogRecord) -> IndexRow:
@@ -428,8 +448,8 @@ def _projected(row: IndexRow, record: LogRecord) -> IndexRow:
 class _Window:
     """A stretch of the log folded per payment, between two writes of rows.
 
-    Each payment is folded from its creation (:class:`_Folded`, no payload
-    read until its row is wanted). At a write the folded payments stay in
+    Each payment is folded from its creation (:class:`_Folded`, read no
+    further than its row needs). At a write the folded payments stay in
     memory one window more, so a payment whose events straddle a write goes
     on folding; one created earlier still is followed from its stored row,
     event by event (:func:`project`), as a catch-up follows it. Memory
@@ -446,8 +466,7 @@ class _Window:
         self.events = 0
 
     def add(self, batch: Sequence[LogRecord]) -> None:
-        folded, state_of = self.folded, _STATE_OF
-        read_in_full, naming, transacting = _READ_IN_FULL, _MAY_NAME_REQUEST, _SETS_TRANSACTION
+        folded, state_of, read_in_full = self.folded, _STATE_OF, _READ_IN_FULL
         others: list[LogRecord] = []
         for record in batch:
             _, oid, version, topic, stored = record
@@ -463,19 +482,13 @@ class _Window:
                 continue
             a.version = version
             state = state_of.get(kind)
-            if state is not None and state != a.state:
-                a.state, a.changed = state, stored
             if kind in read_in_full:  # the few events whose fields rows are made of
-                if kind in naming:
-                    a.naming.append(stored)
-                if kind in transacting:
-                    a.transacting.append(stored)
-                if kind == "PurchaseCompleted":
-                    a.completed = stored
-                elif kind == "StepUpRequired":
-                    a.completed, a.authorize_by, a.renewed = None, None, stored
-                elif kind == "PaymentRequestReported" and _names_expiry(stored):
-                    a.renewed = stored  # Klarna named a new deadline for the request
+                read = _read(stored)
+                if state is not None and state != a.state:
+                    a.state, a.changed = state, read
+                a.fold_in(kind, read)
+            elif state is not None and state != a.state:
+                a.state, a.changed = state, stored
         if others:
             self._follow(others)
         self.events += len(batch)
