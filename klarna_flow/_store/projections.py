@@ -58,6 +58,7 @@ _ROW_FIELDS = frozenset(
 _BATCH = 2000  # records per read of the log
 _WINDOW = 40_000  # records a rebuild folds between two writes of rows
 _CACHE_LIMIT = 200_000
+_TOPICS_KEPT = 1024
 
 Progress = Callable[[int, int], None]
 
@@ -260,7 +261,7 @@ class _CreatedTerms(msgspec.Struct):
     payment_request_id: Any = None
 
 
-class _Read(msgspec.Struct):
+class _Read(msgspec.Struct, gc=False):
     """The fields a row takes from an event read in full, decoded as plain
     JSON in one pass (as :func:`fields` decodes them; the others are skipped
     unread). A time the payload lacks stays ``UNSET``: :func:`_at` raises
@@ -319,11 +320,27 @@ def _created_terms(created: bytes) -> Terms:
 
 def _read(stored: bytes) -> _Read:
     """The fields a row takes from a record read in full, in either format."""
+    start = DIGEST_SIZE + 1 if stored.startswith(TYPED, DIGEST_SIZE) else DIGEST_SIZE
     try:
-        return _READ.decode(_payload(stored))
+        return _READ.decode(memoryview(stored)[start:])
     except msgspec.MsgspecError:  # what only Python's JSON reads
         payload = fields(stored)
         return _Read(**{name: payload[name] for name in _Read.__struct_fields__ if name in payload})
+
+
+Topic = tuple[str, str | None, bool]
+"""(event name, state the event leaves a payment in or None, read in full) of a topic."""
+_TOPICS: dict[str, Topic] = {}  # of each topic a rebuild has seen
+
+
+def _topic(topic: str) -> Topic:
+    """What a rebuild reads of an event, by its topic (bounded: a damaged store
+    may hold any topic at all)."""
+    if len(_TOPICS) >= _TOPICS_KEPT:
+        _TOPICS.clear()
+    kind = event_name(topic)
+    known = _TOPICS[topic] = (kind, _STATE_OF.get(kind), kind in _READ_IN_FULL)
+    return known
 
 
 def _time(stored: bytes) -> float:
@@ -335,47 +352,33 @@ def _time(stored: bytes) -> float:
     return seconds_field(stored, "timestamp")
 
 
-class _Folded:
+class _Folded(msgspec.Struct, gc=False):
     """One payment's records, as far as its row needs them.
 
     Holds what sets the row's fields: the events read in full, decoded as
     they come (:class:`_Read`: a few fields each, in one pass), and the
     record that last changed the state, whose time is read when the row is
-    wanted (:meth:`row`). Once a row is written, :meth:`settle` keeps its
-    values instead, so a payment folded on in the next window holds only
-    what came since.
+    wanted (:meth:`row`). The row written is kept; a payment folded on in
+    the next window goes on from its values (:meth:`settle`), holding only
+    what came since. (Outside the garbage collector's view, as a window holds
+    many, and none refers back to another object.)
     """
 
-    __slots__ = (
-        "authorize_by",
-        "changed",
-        "completed",
-        "created",
-        "named",
-        "payment_id",
-        "renewed",
-        "since",
-        "state",
-        "terms",
-        "transaction",
-        "version",
-    )
-
-    def __init__(self, payment_id: Any, created: bytes, version: int) -> None:
-        self.payment_id = payment_id  # as stored: a UUID or its hex digits
-        self.created: bytes | None = created  # read once, into `terms`
-        self.terms: Terms | None = None
-        self.state = "CREATED"
-        self.version = version
-        # The event that last changed the state (decoded if read in full,
-        # else as stored): its time is `since` (else this one, else creation's).
-        self.changed: _Read | bytes | None = None
-        self.since: float | None = None
-        self.completed: _Read | None = None  # the last completion, unless a step-up followed
-        self.authorize_by: float | None = None  # (else this deadline)
-        self.renewed: _Read | None = None  # the last event naming a new request lifetime
-        self.named: Any = None  # the payment request an event named last (else the terms')
-        self.transaction: Any = None  # the transaction id an event set last
+    payment_id: Any  # as stored: a UUID or its hex digits
+    created: bytes | None  # read once, into `terms`
+    version: int
+    terms: Terms | None = None
+    state: str = "CREATED"
+    # The event that last changed the state (decoded if read in full, else
+    # as stored): its time is `since` (else this one, else creation's).
+    changed: _Read | bytes | None = None
+    since: float | None = None
+    completed: _Read | None = None  # the last completion, unless a step-up followed
+    authorize_by: float | None = None  # (else this deadline)
+    renewed: _Read | None = None  # the last event naming a new request lifetime
+    named: Any = None  # the payment request an event named last (else the terms')
+    transaction: Any = None  # the transaction id an event set last
+    written: RowValues | None = None  # the row written last, until folded on (settle)
 
     def row(self) -> RowValues:
         """The row, as folding :func:`project` over the same records makes it."""
@@ -413,9 +416,12 @@ class _Folded:
             self.transaction,
         )
 
-    def settle(self, row: RowValues) -> None:
-        """Keep the values of ``row`` (this payment's, written) instead of what
-        they were read from."""
+    def settle(self) -> None:
+        """Fold on from the row written last (its values instead of what they
+        were read from): done only for a payment that has events after it."""
+        row = self.written
+        assert row is not None
+        self.written = None
         terms = self.terms
         assert terms is not None
         self.terms = (*terms[:5], row[5], row[7])
@@ -466,11 +472,11 @@ class _Window:
         self.events = 0
 
     def add(self, batch: Sequence[LogRecord]) -> None:
-        folded, state_of, read_in_full = self.folded, _STATE_OF, _READ_IN_FULL
+        folded, topics = self.folded, _TOPICS
         others: list[LogRecord] = []
         for record in batch:
             _, oid, version, topic, stored = record
-            kind = event_name(topic)
+            kind, state, in_full = topics.get(topic) or _topic(topic)
             if kind == "PaymentCreated":
                 folded[oid] = _Folded(oid, stored, version)
                 if self.followed or self.followed_kept or self.unknown:
@@ -481,8 +487,7 @@ class _Window:
                 others.append(record)
                 continue
             a.version = version
-            state = state_of.get(kind)
-            if kind in read_in_full:  # the few events whose fields rows are made of
+            if in_full:  # the few events whose fields rows are made of
                 read = _read(stored)
                 if state is not None and state != a.state:
                     a.state, a.changed = state, read
@@ -497,6 +502,7 @@ class _Window:
         """A payment folded in the window before, folded on in this one."""
         a = self.kept.pop(oid, None)
         if a is not None:
+            a.settle()
             self.folded[oid] = a
         return a
 
@@ -538,8 +544,7 @@ class _Window:
         """The rows of every payment touched since the last write."""
         values = []
         for a in self.folded.values():
-            row = a.row()
-            a.settle(row)
+            a.written = row = a.row()
             values.append(row)
         values += [row.values() for row in self.followed.values()]
         return values
