@@ -7,6 +7,7 @@ eventsourcing's connections did.
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import threading
 import time
@@ -100,3 +101,33 @@ def test_a_read_only_open_reads_and_refuses_writes(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         reader.create(flow=Flow.AUTHORIZATION, amount=100, currency="EUR", reference="s")
     reader.close()
+
+
+def _open_and_create(path: str, start: float, reference: str) -> str:
+    """In a child process: wait for ``start``, open the store, create one payment."""
+    while time.time() < start:
+        time.sleep(0.001)
+    try:
+        payments = Payments.sqlite(path, cipher=TokenCipher.ephemeral(), partner_account_id=ACCOUNT)
+        try:
+            payments.create(
+                flow=Flow.AUTHORIZATION, amount=100, currency="EUR", reference=reference
+            )
+        finally:
+            payments.close()
+    except StorageError as e:
+        return f"StorageError: {e}"
+    return "ok"
+
+
+def test_processes_opening_one_new_file_at_once_all_open_it(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        for trial in range(3):
+            path = str(tmp_path / f"new-{trial}.sqlite")
+            start = time.time() + 1.0  # every child imported and waiting
+            args = [(path, start, f"r{trial}-{n}") for n in range(6)]
+            assert pool.starmap(_open_and_create, args) == ["ok"] * 6
+            payments = Payments.sqlite(path, cipher=TokenCipher.ephemeral())
+            assert payments.counts_by_state() == {"CREATED": 6}
+            payments.close()
