@@ -25,33 +25,25 @@ class _NoCookies(httpx.Cookies):
         return None
 
 
-class StatelessClient(httpx.Client):
+class _KeepsNoCookies:
+    """The cookie jar of the clients below: one per client, storing nothing."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        return None  # nothing is kept
+
+
+class StatelessClient(_KeepsNoCookies, httpx.Client):
     """An :class:`httpx.Client` that keeps no cookies from Klarna's answers."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._no_cookies = _NoCookies()
 
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._no_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: object) -> None:
-        return None  # nothing is kept
-
-
-class StatelessAsyncClient(httpx.AsyncClient):
+class StatelessAsyncClient(_KeepsNoCookies, httpx.AsyncClient):
     """An :class:`httpx.AsyncClient` that keeps no cookies from Klarna's answers."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._no_cookies = _NoCookies()
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._no_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: object) -> None:
-        return None  # nothing is kept
